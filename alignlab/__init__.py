@@ -1,0 +1,1 @@
+"""alignlab: how well do RLHF and DPO optimize the KL-regularized reward objective?"""
