@@ -36,6 +36,7 @@ class ModelConfig:
   positions: str = 'learned'  # 'learned' | 'rope'
   rope_theta: float = 10_000.0
   tie_embeddings: bool = True
+  use_bias: bool = True  # GPT-2 has biases; Llama-style layouts usually drop them
   norm_eps: float = 1e-5
   dtype: str = 'float32'  # activation dtype; fp32 is fastest on XLA:CPU, bf16 for GPU/TPU
   param_dtype: str = 'float32'

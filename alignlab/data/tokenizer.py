@@ -1,0 +1,123 @@
+"""Byte-level BPE tokenizer (the `tokenizers` library), trained once and cached.
+
+Byte-level BPE (GPT-2's scheme: Radford et al. 2019, "Language Models are Unsupervised
+Multitask Learners", §2.2) maps any UTF-8 text to tokens with no unknown token and no
+normalization, so `decode(encode(s)) == s` exactly. Special tokens: `<pad>` = 0, `<eos>` = 1,
+`<bos>` = 2. Encoding text never produces them: a review that literally contains "<eos>" is
+encoded as ordinary bytes.
+
+The trained tokenizer is stored as `tokenizer.json` under
+`$ALIGNLAB_CACHE/tokenizer/<hash of (TokenizerConfig, data fingerprint)>/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from alignlab.config import to_dict
+from alignlab.data.cache import atomic_dir, cache_dir
+
+PAD, EOS, BOS = '<pad>', '<eos>', '<bos>'
+SPECIAL_TOKENS = (PAD, EOS, BOS)  # ids 0, 1, 2 in this order
+FILENAME = 'tokenizer.json'
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig:
+  vocab_size: int = 8192  # including the 256 byte symbols and the 3 special tokens
+  min_frequency: int = 2
+  max_train_docs: int = 0  # train on the first N texts; 0 = all
+
+
+class Tokenizer:
+  """Thin wrapper over `tokenizers.Tokenizer` with the alignlab tokenizer interface."""
+
+  def __init__(self, tok: tokenizers.Tokenizer, *, path: Path | None = None, from_cache: bool = False):
+    # Literal "<eos>" etc. in user text must stay text, or round trips would break.
+    tok.encode_special_tokens = True
+    self._tok = tok
+    self.path = path
+    self.from_cache = from_cache  # True when load_or_train_tokenizer found it on disk
+    ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
+    if ids != [0, 1, 2]:
+      raise ValueError(f'expected special tokens {SPECIAL_TOKENS} at ids 0, 1, 2; got {ids}')
+    self.pad_id, self.eos_id, self.bos_id = ids
+    self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+    self.fingerprint = hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
+
+  def encode(self, text: str) -> list[int]:
+    return self._tok.encode(text, add_special_tokens=False).ids
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+  def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:
+    """Text of `ids`. Padding is always dropped; `<eos>`/`<bos>` are rendered as text unless
+    `skip_special_tokens`. Decoding does not stop at `<eos>`."""
+    return self._tok.decode(self._keep(ids, skip_special_tokens), skip_special_tokens=False)
+
+  def decode_batch(self, batch: Iterable[Iterable[int]], *, skip_special_tokens: bool = False) -> list[str]:
+    seqs = [self._keep(ids, skip_special_tokens) for ids in batch]
+    return self._tok.decode_batch(seqs, skip_special_tokens=False)
+
+  def save(self, directory: str | Path) -> Path:
+    path = Path(directory) / FILENAME
+    self._tok.save(str(path))
+    return path
+
+  @classmethod
+  def load(cls, directory: str | Path, *, from_cache: bool = False) -> 'Tokenizer':
+    path = Path(directory) / FILENAME
+    return cls(tokenizers.Tokenizer.from_file(str(path)), path=path, from_cache=from_cache)
+
+  def _keep(self, ids: Iterable[int], skip_special_tokens: bool) -> list[int]:
+    drop = (self.pad_id, self.eos_id, self.bos_id) if skip_special_tokens else (self.pad_id,)
+    return [int(i) for i in ids if int(i) not in drop]
+
+
+def train_tokenizer(cfg: TokenizerConfig, texts: Iterable[str]) -> Tokenizer:
+  """Trains a byte-level BPE tokenizer on `texts` (no caching)."""
+  texts = list(texts)
+  if cfg.max_train_docs:
+    texts = texts[:cfg.max_train_docs]
+  if not texts:
+    raise ValueError('train_tokenizer needs at least one text')
+  tok = tokenizers.Tokenizer(models.BPE())
+  # No normalizer and no prefix space: that is what makes the round trip exact.
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(
+      vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
+      special_tokens=list(SPECIAL_TOKENS),
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+  tok.train_from_iterator(texts, trainer=trainer)
+  return Tokenizer(tok)
+
+
+def tokenizer_cache_dir(cfg: TokenizerConfig, data_fingerprint: str) -> Path:
+  return cache_dir('tokenizer', {'tokenizer': to_dict(cfg), 'data': data_fingerprint})
+
+
+def load_or_train_tokenizer(cfg: TokenizerConfig, texts_fn: Callable[[], Iterable[str]],
+                            data_fingerprint: str) -> Tokenizer:
+  """The cached tokenizer for (`cfg`, `data_fingerprint`), training it on `texts_fn()` on a miss.
+
+  `texts_fn` is only called on a miss. `data_fingerprint` must change whenever the texts
+  would; the result's `from_cache` says whether the cache was hit.
+  """
+  directory = tokenizer_cache_dir(cfg, data_fingerprint)
+  if (directory / FILENAME).is_file():
+    return Tokenizer.load(directory, from_cache=True)
+  tok = train_tokenizer(cfg, texts_fn())
+  with atomic_dir(directory) as tmp:
+    tok.save(tmp)
+    meta = {'config': to_dict(cfg), 'data_fingerprint': data_fingerprint, 'vocab_size': tok.vocab_size}
+    (tmp / 'meta.json').write_text(json.dumps(meta, indent=2))
+  return Tokenizer.load(directory, from_cache=False)

@@ -1,0 +1,76 @@
+"""Per-token log-probs of response tokens, and the exact per-token KL between two models'
+next-token distributions. Shared by every loss and by evaluation.
+
+Sequences are in the canonical layout (docs/architecture.md): prompt left-padded to P,
+response right-padded to R. Arrays aligned with `tokens_BxT` hold at position t the quantity
+for token t, predicted from the logits at t − 1, and are 0 off the response.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def gather_logprobs(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+  """log softmax(logits)[target] without materializing the full log-softmax: XLA fuses the
+  logsumexp reduction and the gather into one pass over the vocabulary."""
+  logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+  target_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+  return target_BxT - jax.nn.logsumexp(logits_BxTxV, axis=-1)
+
+
+def token_logprobs(logits_BxTxV: jax.Array, tokens_BxT: jax.Array,
+                   response_mask_BxT: jax.Array) -> jax.Array:
+  """logps_BxT[:, t] = log p(tokens[t] | tokens[<t]) on response tokens, 0 elsewhere."""
+  logps_BxTm1 = gather_logprobs(logits_BxTxV[:, :-1], tokens_BxT[:, 1:])
+  logps_BxT = jnp.pad(logps_BxTm1, ((0, 0), (1, 0)))
+  return logps_BxT * response_mask_BxT.astype(logps_BxT.dtype)
+
+
+def sequence_logprobs(model, tokens_BxT: jax.Array, attention_mask_BxT: jax.Array,
+                      response_mask_BxT: jax.Array, *, response_start: int = 1) -> jax.Array:
+  """Per-token response log-probs under a `CausalLM`.
+
+  `response_start` (static) is the first position that may hold a response token — P in
+  the canonical layout. Logits are computed only from position `response_start − 1` on, so
+  the prompt never pays for the vocabulary projection (a large share of the FLOPs when V is
+  large): the hidden states of the prompt are still computed, but not their logits.
+  """
+  if response_start < 1:
+    raise ValueError(f'response_start must be ≥ 1, got {response_start}')
+  hidden_BxTxD = model.hidden(tokens_BxT, attention_mask_BxT)
+  logits_BxRxV = model.logits(hidden_BxTxD[:, response_start - 1:-1])
+  logps_BxR = gather_logprobs(logits_BxRxV, tokens_BxT[:, response_start:])
+  logps_BxT = jnp.pad(logps_BxR, ((0, 0), (response_start, 0)))
+  return logps_BxT * response_mask_BxT.astype(logps_BxT.dtype)
+
+
+def sum_and_count(logps_BxT: jax.Array, response_mask_BxT: jax.Array):
+  """Summed response log-prob and number of response tokens per sequence."""
+  mask = response_mask_BxT.astype(logps_BxT.dtype)
+  return (logps_BxT * mask).sum(-1), mask.sum(-1)
+
+
+def token_kl(logits_p_BxTxV: jax.Array, logits_q_BxTxV: jax.Array,
+             response_mask_BxT: jax.Array) -> jax.Array:
+  """kl_BxT[:, t] = KL(p(·|tokens[<t]) ‖ q(·|tokens[<t])), the exact KL between the full
+  next-token distributions that generate response token t; 0 off the response.
+
+  Summed over the response this is the DPO paper's sequence-level KL (footnote 3 of
+  arXiv 2305.18290: "the sum of the per-timestep KL-divergences").
+  """
+  logp_BxTxV = jax.nn.log_softmax(logits_p_BxTxV[:, :-1].astype(jnp.float32), axis=-1)
+  logq_BxTxV = jax.nn.log_softmax(logits_q_BxTxV[:, :-1].astype(jnp.float32), axis=-1)
+  kl_BxTm1 = jnp.sum(jnp.exp(logp_BxTxV) * (logp_BxTxV - logq_BxTxV), axis=-1)
+  kl_BxT = jnp.pad(kl_BxTm1, ((0, 0), (1, 0)))
+  return kl_BxT * response_mask_BxT.astype(kl_BxT.dtype)
+
+
+def check_token_ids(tokens, vocab_size: int, name: str = 'tokens') -> None:
+  """Host-side check: `jnp.take` would silently clamp an out-of-range id."""
+  import numpy as np
+  tokens = np.asarray(tokens)
+  if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
+    bad = tokens[(tokens < 0) | (tokens >= vocab_size)]
+    raise ValueError(f'{name}: token id {int(bad.flat[0])} outside the vocabulary [0, {vocab_size})')

@@ -1,0 +1,216 @@
+"""Decoder-only transformer backbone (Flax NNX), shared by policy, reference, reward model and
+value function; only the head differs (see `heads.py`).
+
+Dimension legend (shape suffixes used across alignlab):
+  B batch            T sequence (query) length     S key/cache length
+  P prompt length    R response length             N samples per prompt
+  V vocabulary       D d_model                     F MLP width
+  H attention heads  K head dim                    L layers
+
+Every parameter declares its partition spec over the mesh axes ('data', 'fsdp', 'tensor')
+where it is created (`_param`); `sharding.init_params` reads them back. Weight matrices are
+split over 'fsdp' on the model dimension and over 'tensor' on heads / MLP width / vocab
+(Megatron layout: column-parallel in, row-parallel out).
+
+The model is padding-aware: callers pass position ids and a boolean attention mask
+`mask_BxTxS`, so a left-padded prompt gives the same logits on its real tokens as the
+unpadded prompt. A fixed-size KV cache (a plain pytree, not NNX state, so that it threads
+through `lax.scan`) serves decoding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from alignlab.config import ModelConfig
+from alignlab.sharding import constrain
+
+KVCache = list[dict[str, jax.Array]]  # per layer: {'k': BxSxHxK, 'v': BxSxHxK}
+
+_NEG_INF = -1e30  # finite, so that a fully masked row (a pad query) gives no NaN
+
+
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], spec: tuple[Any, ...], *, std: float | None,
+           dtype: Any) -> nnx.Param:
+  """A parameter with its partition spec; std=None means zeros, 'ones' handled by caller."""
+  if std is None:
+    value = jnp.zeros(shape, dtype)
+  else:
+    value = std * jax.random.normal(rngs.params(), shape, dtype)
+  return nnx.Param(value, out_sharding=spec)
+
+
+def positions_from_mask(attention_mask_BxT: jax.Array) -> jax.Array:
+  """Position ids that skip padding: the first real token is position 0."""
+  return jnp.maximum(jnp.cumsum(attention_mask_BxT.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def causal_mask(attention_mask_BxT: jax.Array) -> jax.Array:
+  """mask_BxTxT[b, i, j]: query i may attend to key j (j ≤ i and j is a real token)."""
+  t = attention_mask_BxT.shape[-1]
+  causal_TxT = jnp.tril(jnp.ones((t, t), dtype=bool))
+  return causal_TxT[None] & attention_mask_BxT.astype(bool)[:, None, :]
+
+
+class Norm(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    del rngs
+    self.kind = cfg.norm
+    self.eps = cfg.norm_eps
+    self.scale = nnx.Param(jnp.ones((cfg.d_model,), cfg.param_dtype), out_sharding=(None,))
+    if cfg.norm == 'layernorm':
+      self.bias = nnx.Param(jnp.zeros((cfg.d_model,), cfg.param_dtype), out_sharding=(None,))
+
+  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    x = x_BxTxD.astype(jnp.float32)
+    if self.kind == 'layernorm':
+      x = x - x.mean(-1, keepdims=True)
+    x = x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + self.eps)
+    x = x * self.scale[...]
+    if self.kind == 'layernorm':
+      x = x + self.bias[...]
+    return x.astype(x_BxTxD.dtype)
+
+
+def rope(x_BxTxHxK: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding (Su et al. 2021, arXiv 2104.09864), rotate-half form."""
+  k = x_BxTxHxK.shape[-1]
+  freqs_K2 = theta ** (-jnp.arange(0, k, 2, dtype=jnp.float32) / k)
+  angles_BxTxK2 = positions_BxT[..., None].astype(jnp.float32) * freqs_K2
+  sin, cos = jnp.sin(angles_BxTxK2)[:, :, None], jnp.cos(angles_BxTxK2)[:, :, None]
+  x1, x2 = jnp.split(x_BxTxHxK.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxTxHxK.dtype)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, h, k = cfg.d_model, cfg.n_heads, cfg.head_dim
+    self.cfg = cfg
+    # Fused q/k/v projection; heads split over 'tensor' so each shard owns whole heads.
+    self.w_qkv = _param(rngs, (d, 3, h, k), ('fsdp', None, 'tensor', None), std=cfg.init_std,
+                        dtype=cfg.param_dtype)
+    # GPT-2 scales the residual projections by 1/sqrt(2L) at init.
+    self.w_out = _param(rngs, (h, k, d), ('tensor', None, 'fsdp'),
+                        std=cfg.init_std / math.sqrt(2 * cfg.n_layers), dtype=cfg.param_dtype)
+    if cfg.use_bias:
+      self.b_qkv = _param(rngs, (3, h, k), (None, 'tensor', None), std=None, dtype=cfg.param_dtype)
+      self.b_out = _param(rngs, (d,), (None,), std=None, dtype=cfg.param_dtype)
+
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache: dict | None, cache_index):
+    cfg = self.cfg
+    qkv_BxTx3xHxK = jnp.einsum('btd,dchk->btchk', x_BxTxD, self.w_qkv[...])
+    if cfg.use_bias:
+      qkv_BxTx3xHxK = qkv_BxTx3xHxK + self.b_qkv[...]
+    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
+    if cfg.positions == 'rope':
+      q_BxTxHxK = rope(q_BxTxHxK, positions_BxT, cfg.rope_theta)
+      k_BxTxHxK = rope(k_BxTxHxK, positions_BxT, cfg.rope_theta)
+    if cache is not None:
+      k_BxSxHxK = jax.lax.dynamic_update_slice_in_dim(cache['k'], k_BxTxHxK, cache_index, axis=1)
+      v_BxSxHxK = jax.lax.dynamic_update_slice_in_dim(cache['v'], v_BxTxHxK, cache_index, axis=1)
+      cache = {'k': k_BxSxHxK, 'v': v_BxSxHxK}
+    else:
+      k_BxSxHxK, v_BxSxHxK = k_BxTxHxK, v_BxTxHxK
+    scores_BxHxTxS = jnp.einsum('bthk,bshk->bhts', q_BxTxHxK, k_BxSxHxK) / math.sqrt(cfg.head_dim)
+    scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS.astype(jnp.float32), _NEG_INF)
+    probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(x_BxTxD.dtype)
+    out_BxTxHxK = jnp.einsum('bhts,bshk->bthk', probs_BxHxTxS, v_BxSxHxK)
+    out_BxTxD = jnp.einsum('bthk,hkd->btd', out_BxTxHxK, self.w_out[...])
+    if cfg.use_bias:
+      out_BxTxD = out_BxTxD + self.b_out[...]
+    return out_BxTxD, cache
+
+
+class Mlp(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, f = cfg.d_model, cfg.ff_dim
+    self.cfg = cfg
+    self.w_in = _param(rngs, (d, f), ('fsdp', 'tensor'), std=cfg.init_std, dtype=cfg.param_dtype)
+    if cfg.mlp == 'swiglu':
+      self.w_gate = _param(rngs, (d, f), ('fsdp', 'tensor'), std=cfg.init_std, dtype=cfg.param_dtype)
+    self.w_out = _param(rngs, (f, d), ('tensor', 'fsdp'),
+                        std=cfg.init_std / math.sqrt(2 * cfg.n_layers), dtype=cfg.param_dtype)
+    if cfg.use_bias:
+      self.b_in = _param(rngs, (f,), ('tensor',), std=None, dtype=cfg.param_dtype)
+      self.b_out = _param(rngs, (d,), (None,), std=None, dtype=cfg.param_dtype)
+
+  def __call__(self, x_BxTxD):
+    h_BxTxF = x_BxTxD @ self.w_in[...]
+    if self.cfg.use_bias:
+      h_BxTxF = h_BxTxF + self.b_in[...]
+    if self.cfg.mlp == 'swiglu':
+      h_BxTxF = jax.nn.silu(x_BxTxD @ self.w_gate[...]) * h_BxTxF
+    else:
+      h_BxTxF = jax.nn.gelu(h_BxTxF, approximate=True)  # GPT-2's tanh GELU
+    h_BxTxF = constrain(h_BxTxF, ('batch', None, 'tensor'))
+    out_BxTxD = h_BxTxF @ self.w_out[...]
+    if self.cfg.use_bias:
+      out_BxTxD = out_BxTxD + self.b_out[...]
+    return out_BxTxD
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.norm_attn = Norm(cfg, rngs=rngs)
+    self.attn = Attention(cfg, rngs=rngs)
+    self.norm_mlp = Norm(cfg, rngs=rngs)
+    self.mlp = Mlp(cfg, rngs=rngs)
+
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache, cache_index):
+    attn_BxTxD, cache = self.attn(self.norm_attn(x_BxTxD), positions_BxT, mask_BxTxS, cache,
+                                  cache_index)
+    x_BxTxD = constrain(x_BxTxD + attn_BxTxD, ('batch', None, None))
+    x_BxTxD = constrain(x_BxTxD + self.mlp(self.norm_mlp(x_BxTxD)), ('batch', None, None))
+    return x_BxTxD, cache
+
+
+class Transformer(nnx.Module):
+  """Token + (learned) position embeddings → L pre-norm blocks → final norm."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    cfg.validate()
+    self.cfg = cfg
+    self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ('tensor', 'fsdp'), std=cfg.init_std,
+                        dtype=cfg.param_dtype)
+    if cfg.positions == 'learned':
+      self.pos_embed = _param(rngs, (cfg.max_seq_len, cfg.d_model), (None, 'fsdp'), std=0.01,
+                              dtype=cfg.param_dtype)
+    self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+    self.norm_final = Norm(cfg, rngs=rngs)
+
+  def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, mask_BxTxS: jax.Array,
+               cache: KVCache | None = None, cache_index: jax.Array | int = 0
+               ) -> tuple[jax.Array, KVCache | None]:
+    dtype = jnp.dtype(self.cfg.dtype)
+    x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dtype)
+    if self.cfg.positions == 'learned':
+      x_BxTxD = x_BxTxD + jnp.take(self.pos_embed[...], positions_BxT, axis=0).astype(dtype)
+    x_BxTxD = constrain(x_BxTxD, ('batch', None, None))
+    new_cache = [] if cache is not None else None
+    for i, block in enumerate(self.blocks):
+      x_BxTxD, layer_cache = block(x_BxTxD, positions_BxT, mask_BxTxS,
+                                   None if cache is None else cache[i], cache_index)
+      if cache is not None:
+        new_cache.append(layer_cache)
+    return self.norm_final(x_BxTxD), new_cache
+
+  def attend_embeddings(self, hidden_BxTxD: jax.Array) -> jax.Array:
+    """Tied LM head: logits = hidden · Eᵀ."""
+    return jnp.einsum('btd,vd->btv', hidden_BxTxD, self.embed[...].astype(hidden_BxTxD.dtype))
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int) -> KVCache:
+  """An empty fixed-size KV cache of `length` slots."""
+  shape = (batch, length, cfg.n_heads, cfg.head_dim)
+  dtype = jnp.dtype(cfg.dtype)
+  return [{'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)} for _ in range(cfg.n_layers)]

@@ -1,0 +1,50 @@
+"""Gold rewards: `reward(prompts, responses) -> (n,) float32`, host side.
+
+`prompts` and `responses` are equal-length lists of token-id lists (padding already removed,
+e.g. with `alignlab.data.pairs.split_responses`). A reward is any callable with that
+signature; `generate_preference_dataset` and evaluation take one.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import numpy as np
+
+TokenIds = Sequence[int]
+
+
+class Reward(Protocol):
+
+  def __call__(self, prompts: Sequence[TokenIds], responses: Sequence[TokenIds]) -> np.ndarray:
+    ...
+
+
+class VaderReward:
+  """VADER compound sentiment in [-1, 1] of the decoded prompt + response (Hutto & Gilbert,
+  ICWSM 2014). It stands in for the DPO paper's sentiment classifier (arXiv:2305.18290 §6.1)
+  with no download: the lexicon ships with `vaderSentiment`.
+
+  Special tokens are dropped before decoding. `include_prompt=False` scores the response alone.
+  """
+
+  def __init__(self, tokenizer, *, include_prompt: bool = True):
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    self.tokenizer = tokenizer
+    self.include_prompt = include_prompt
+    self._analyzer = SentimentIntensityAnalyzer()
+
+  def texts(self, prompts: Sequence[TokenIds], responses: Sequence[TokenIds]) -> list[str]:
+    if len(prompts) != len(responses):
+      raise ValueError(f'{len(prompts)} prompts but {len(responses)} responses')
+    tok = self.tokenizer
+    special = {tok.pad_id, tok.bos_id, tok.eos_id}
+    # Decode the concatenation: a character whose bytes span the boundary stays intact.
+    ids = [list(p) + list(r) if self.include_prompt else list(r) for p, r in zip(prompts, responses)]
+    return [tok.decode([int(t) for t in seq if int(t) not in special]) for seq in ids]
+
+  def score_texts(self, texts: Sequence[str]) -> np.ndarray:
+    return np.asarray([self._analyzer.polarity_scores(t)['compound'] for t in texts], np.float32)
+
+  def __call__(self, prompts: Sequence[TokenIds], responses: Sequence[TokenIds]) -> np.ndarray:
+    return self.score_texts(self.texts(prompts, responses))

@@ -1,0 +1,115 @@
+"""Batched, jitted KV-cache sampler: temperature (0 = greedy), top-k, top-p, per-sequence EOS.
+
+One prefill pass writes the left-padded prompts into a fixed-size cache of P + N slots, then
+a `lax.scan` decodes one token per step; no Python loop runs over tokens and no shape
+depends on the data, so the sampler compiles once per (B, P, N, config).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from alignlab.config import SamplingConfig
+from alignlab.model import init_cache, positions_from_mask
+
+
+class SampleOutput(NamedTuple):
+  """All (B, P + N) in the canonical layout (docs/architecture.md)."""
+  tokens: jax.Array
+  attention_mask: jax.Array
+  response_mask: jax.Array
+  logprobs: jax.Array  # untempered log π(token) on response tokens, 0 elsewhere
+
+
+def filter_logits(logits_BxV: jax.Array, cfg: SamplingConfig) -> jax.Array:
+  """Temperature, then top-k, then top-p (nucleus; Holtzman et al. 2019, arXiv 1904.09751)."""
+  logits_BxV = logits_BxV / cfg.temperature
+  if cfg.top_k and cfg.top_k < logits_BxV.shape[-1]:
+    kth_B1 = jax.lax.top_k(logits_BxV, cfg.top_k)[0][:, -1:]
+    logits_BxV = jnp.where(logits_BxV < kth_B1, -jnp.inf, logits_BxV)
+  if cfg.top_p < 1.0:
+    sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
+    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+    # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass strictly
+    # before it is < top_p (so the most likely token always stays).
+    before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
+    kept_BxV = jnp.where(before_BxV < cfg.top_p, sorted_BxV, jnp.inf)
+    threshold_B1 = jnp.min(kept_BxV, axis=-1, keepdims=True)
+    logits_BxV = jnp.where(logits_BxV < threshold_B1, -jnp.inf, logits_BxV)
+  return logits_BxV
+
+
+def _choose(logits_BxV: jax.Array, key: jax.Array, cfg: SamplingConfig) -> jax.Array:
+  if cfg.temperature == 0:
+    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+  return jax.random.categorical(key, filter_logits(logits_BxV, cfg), axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=('graphdef', 'cfg'))
+def sample(graphdef, params, prompt_tokens_BxP: jax.Array, prompt_mask_BxP: jax.Array,
+           key: jax.Array, cfg: SamplingConfig) -> SampleOutput:
+  """Samples `cfg.max_new_tokens` tokens after left-padded prompts (each with ≥ 1 real token).
+
+  A sequence is finished once it emits `cfg.eos_id`; its later slots hold `cfg.pad_id` and
+  are masked out. Deterministic given `key`.
+  """
+  model = nnx.merge(graphdef, params)
+  b, p = prompt_tokens_BxP.shape
+  n = cfg.max_new_tokens
+  s = p + n
+  if n < 1:
+    raise ValueError(f'max_new_tokens must be ≥ 1, got {n}')
+  if model.cfg.positions == 'learned' and s > model.cfg.max_seq_len:
+    raise ValueError(f'prompt length {p} + max_new_tokens {n} exceeds model.max_seq_len '
+                     f'{model.cfg.max_seq_len}')
+  prompt_mask_BxP = prompt_mask_BxP.astype(bool)
+  cache = init_cache(model.cfg, b, s)
+  valid_BxS = jnp.concatenate([prompt_mask_BxP, jnp.ones((b, n), bool)], axis=1)
+  slots_S = jnp.arange(s)
+
+  # Prefill: prompt token i attends to real prompt tokens j ≤ i.
+  prefill_mask_BxPxS = (slots_S[None, None, :] <= jnp.arange(p)[None, :, None]) & valid_BxS[:, None]
+  logits_BxPxV, cache = model.decode(prompt_tokens_BxP, positions_from_mask(prompt_mask_BxP),
+                                     prefill_mask_BxPxS, cache, 0)
+  prompt_len_B = prompt_mask_BxP.sum(-1).astype(jnp.int32)
+
+  def pick(logits_BxV, key, done_B):
+    token_B = _choose(logits_BxV, key, cfg)
+    logprob_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BxV, axis=-1), token_B[:, None],
+                                    axis=-1)[:, 0]
+    token_B = jnp.where(done_B, cfg.pad_id, token_B)
+    live_B = ~done_B
+    done_B = done_B | (token_B == cfg.eos_id) if cfg.eos_id >= 0 else done_B
+    return token_B, jnp.where(live_B, logprob_B, 0.0), live_B, done_B
+
+  def step(carry, i):
+    cache, logits_BxV, done_B, key = carry
+    key, sub = jax.random.split(key)
+    token_B, logprob_B, live_B, done_B = pick(logits_BxV, sub, done_B)
+    slot = p + i
+    mask_Bx1xS = (slots_S <= slot)[None, None, :] & valid_BxS[:, None]
+    logits_Bx1xV, cache = model.decode(token_B[:, None], (prompt_len_B + i)[:, None], mask_Bx1xS,
+                                       cache, slot)
+    return (cache, logits_Bx1xV[:, 0], done_B, key), (token_B, logprob_B, live_B)
+
+  # The last token needs no forward pass after it: scan N − 1 decode steps, then pick once.
+  carry = (cache, logits_BxPxV[:, -1], jnp.zeros((b,), bool), key)
+  carry, (tokens_NxB, logprobs_NxB, live_NxB) = jax.lax.scan(step, carry, jnp.arange(n - 1))
+  _, last_logits_BxV, done_B, key = carry
+  key, sub = jax.random.split(key)
+  token_B, logprob_B, live_B, _ = pick(last_logits_BxV, sub, done_B)
+  tokens_BxN = jnp.concatenate([tokens_NxB.T, token_B[:, None]], axis=1)
+  logprobs_BxN = jnp.concatenate([logprobs_NxB.T, logprob_B[:, None]], axis=1)
+  live_BxN = jnp.concatenate([live_NxB.T, live_B[:, None]], axis=1).astype(jnp.int32)
+
+  return SampleOutput(
+      tokens=jnp.concatenate([prompt_tokens_BxP.astype(jnp.int32), tokens_BxN], axis=1),
+      attention_mask=jnp.concatenate([prompt_mask_BxP.astype(jnp.int32), live_BxN], axis=1),
+      response_mask=jnp.concatenate([jnp.zeros((b, p), jnp.int32), live_BxN], axis=1),
+      logprobs=jnp.concatenate([jnp.zeros((b, p), jnp.float32), logprobs_BxN], axis=1),
+  )
