@@ -100,6 +100,7 @@ class OptimizerConfig:
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
+  rms_decay: float = 0.99  # RMSprop's smoothing constant (PyTorch's `alpha`)
   grad_clip: float = 1.0  # global-norm clip; 0 disables
 
   @classmethod

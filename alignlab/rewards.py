@@ -40,8 +40,10 @@ class VaderReward:
     tok = self.tokenizer
     special = {tok.pad_id, tok.bos_id, tok.eos_id}
     # Decode the concatenation: a character whose bytes span the boundary stays intact.
-    ids = [list(p) + list(r) if self.include_prompt else list(r) for p, r in zip(prompts, responses)]
-    return [tok.decode([int(t) for t in seq if int(t) not in special]) for seq in ids]
+    ids = [[int(t) for t in (list(p) + list(r) if self.include_prompt else r) if int(t) not in special]
+           for p, r in zip(prompts, responses)]
+    decode_batch = getattr(tok, 'decode_batch', None)  # optional in the tokenizer interface
+    return decode_batch(ids) if decode_batch else [tok.decode(seq) for seq in ids]
 
   def score_texts(self, texts: Sequence[str]) -> np.ndarray:
     return np.asarray([self._analyzer.polarity_scores(t)['compound'] for t in texts], np.float32)

@@ -152,6 +152,17 @@ CASES = [
     ('unlikelihood_summed', 'unlikelihood', {'alpha': 0.4, 'length_normalized': False}),
 ]
 NAMED_CASES = [(case, name, hp) for case, name, hp in CASES]
+# The invariance tests exercise the reduction, which every variant of a loss shares: one case
+# per loss keeps them fast.
+ONE_PER_LOSS = [case for case in NAMED_CASES if case[0] in PREFERENCE_LOSSES]
+
+
+def grad_keys(name: str) -> tuple[str, str]:
+  """The policy inputs a loss is differentiated through: per-token log-probs for
+  unlikelihood, summed log-probs for the others."""
+  if name == 'unlikelihood':
+    return 'policy_chosen_token_logps_BxT', 'policy_rejected_token_logps_BxT'
+  return 'policy_chosen_logps', 'policy_rejected_logps'
 
 
 def bind(name: str, hp: dict):
@@ -225,7 +236,7 @@ class PreferenceLossesTest(chex.TestCase):
     self.assertAlmostEqual(float(metrics['rewards/accuracy']), 2.0 / 6.0, places=6)
     np.testing.assert_allclose(metrics['rewards/margin'], 0.1 * d[:6].mean(), rtol=1e-5)
 
-  @parameterized.named_parameters(*NAMED_CASES)
+  @parameterized.named_parameters(*ONE_PER_LOSS)
   def test_padding_examples_change_nothing(self, name, hp):
     beta = 0.3
     base = make_batch(3, 5)
@@ -241,27 +252,29 @@ class PreferenceLossesTest(chex.TestCase):
     mask = np.concatenate([np.ones(5), np.zeros(6)]).astype(np.float32)[order]
 
     fn, traced = bind(name, hp)
+    key_c, key_r = grad_keys(name)
 
     def run(batch, example_mask):
       def loss_of(chosen, rejected):
-        args = dict(batch, policy_chosen_logps=chosen, policy_rejected_logps=rejected)
+        args = dict(batch, **{key_c: chosen, key_r: rejected})
         return fn(**args, beta=beta, example_mask=example_mask, **traced)
       (loss, metrics), grads = jax.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(
-          batch['policy_chosen_logps'], batch['policy_rejected_logps'])
+          batch[key_c], batch[key_r])
       return loss, metrics, grads
 
-    loss, metrics, grads = run(base, None)
-    loss_p, metrics_p, grads_p = run(padded, mask)
+    (loss, metrics, grads), (loss_p, metrics_p, grads_p) = jax.jit(
+        lambda: (run(base, None), run(padded, mask)))()
     np.testing.assert_allclose(loss_p, loss, rtol=1e-6)
     for key in metrics:
       np.testing.assert_allclose(metrics_p[key], metrics[key], rtol=1e-5, atol=1e-6, err_msg=key)
     inverse = np.argsort(order)
     for g, g_p in zip(grads, grads_p):
       self.assertTrue(np.all(np.isfinite(g_p)))
+      self.assertTrue(np.any(np.abs(g) > 0))
       np.testing.assert_allclose(g_p[inverse][:5], g, rtol=1e-5, atol=1e-7)
       np.testing.assert_array_equal(g_p[inverse][5:], 0.0)
 
-  @parameterized.named_parameters(*NAMED_CASES)
+  @parameterized.named_parameters(*ONE_PER_LOSS)
   def test_micro_batches_accumulate_exactly(self, name, hp):
     beta = 0.3
     batch = make_batch(5, 8)
@@ -273,8 +286,10 @@ class PreferenceLossesTest(chex.TestCase):
           kl_policy_logps=batch['kl_policy_logps'], kl_ref_logps=batch['kl_ref_logps'],
           example_mask=mask)
 
+    key_c, key_r = grad_keys(name)
+
     def full_loss(chosen, rejected):
-      args = dict(batch, policy_chosen_logps=chosen, policy_rejected_logps=rejected)
+      args = dict(batch, **{key_c: chosen, key_r: rejected})
       return fn(**args, beta=beta, example_mask=mask, **extra)[0]
 
     def accumulated(chosen, rejected):
@@ -282,19 +297,23 @@ class PreferenceLossesTest(chex.TestCase):
       for c in range(4):
         s = slice(2 * c, 2 * c + 2)
         args = {k: v[s] for k, v in batch.items()}
-        args.update(policy_chosen_logps=chosen[s], policy_rejected_logps=rejected[s])
+        args.update({key_c: chosen[s], key_r: rejected[s]})
         _, metrics = fn(**args, beta=beta, example_mask=mask[s], **extra)
         sums.append(metrics['loss_sum'])
         counts.append(metrics['count'])
       return sum(sums) / sum(counts)
 
-    inputs = (batch['policy_chosen_logps'], batch['policy_rejected_logps'])
-    np.testing.assert_allclose(accumulated(*inputs), full_loss(*inputs), rtol=1e-6)
-    grads_full = jax.grad(full_loss, argnums=(0, 1))(*inputs)
-    grads_acc = jax.grad(accumulated, argnums=(0, 1))(*inputs)
+    @jax.jit
+    def both(chosen, rejected):
+      return (full_loss(chosen, rejected), accumulated(chosen, rejected),
+              jax.grad(full_loss, argnums=(0, 1))(chosen, rejected),
+              jax.grad(accumulated, argnums=(0, 1))(chosen, rejected))
+
+    loss_full, loss_acc, grads_full, grads_acc = both(batch[key_c], batch[key_r])
+    np.testing.assert_allclose(loss_acc, loss_full, rtol=1e-6)
     for g_acc, g_full in zip(grads_acc, grads_full):
       np.testing.assert_allclose(g_acc, g_full, rtol=1e-5, atol=1e-8)
-    self.assertTrue(np.any(np.abs(grads_full[0]) > 0))
+      self.assertTrue(np.any(np.abs(g_full) > 0))
 
   def test_common_convention(self):
     batch = make_batch(6, 4)
@@ -303,7 +322,7 @@ class PreferenceLossesTest(chex.TestCase):
     required = {'rewards/chosen', 'rewards/rejected', 'rewards/margin', 'rewards/accuracy',
                 'logps/chosen', 'logps/rejected', 'loss_sum', 'count'}
     for name, fn in PREFERENCE_LOSSES.items():
-      loss, metrics = fn(**batch, beta=0.1, example_mask=np.ones(4, np.float32))
+      loss, metrics = jax.jit(fn)(**batch, beta=0.1, example_mask=np.ones(4, np.float32))
       self.assertEqual(loss.shape, ())
       self.assertTrue(np.isfinite(loss), name)
       self.assertTrue(required <= set(metrics), name)

@@ -400,7 +400,7 @@ def sample_pairs_bt(key: jax.Array, cfg: ExactTaskConfig, ref_logp: jax.Array, r
   r_first_PxN = jnp.take_along_axis(r_PxY, first_PxN, axis=-1)
   r_second_PxN = jnp.take_along_axis(r_PxY, second_PxN, axis=-1)
   p_first_PxN = jax.nn.sigmoid(r_first_PxN - r_second_PxN)
-  first_wins_PxN = 0.5 < p_first_PxN
+  first_wins_PxN = jax.random.uniform(label_key, p_first_PxN.shape) < p_first_PxN
   chosen_N = jnp.where(first_wins_PxN, first_PxN, second_PxN).reshape(-1).astype(jnp.int32)
   rejected_N = jnp.where(first_wins_PxN, second_PxN, first_PxN).reshape(-1).astype(jnp.int32)
   prompt_N = jnp.repeat(jnp.arange(n_prompts, dtype=jnp.int32), n_pairs_per_prompt)
@@ -435,7 +435,7 @@ def preference_batch(cfg: ExactTaskConfig, pairs: PreferencePairs) -> dict[str, 
   batch = {}
   for side in ('chosen', 'rejected'):
     batch[f'{side}_tokens'] = make_sequences(cfg, prompt_N, np.asarray(getattr(pairs, side)))
-    batch[f'{side}_attention_mask'] = np.broadcast_to(attention_mask_T, (n, attention_mask_T.size)).copy()
-    batch[f'{side}_response_mask'] = np.broadcast_to(response_mask_T, (n, response_mask_T.size)).copy()
+    batch[f'{side}_attention_mask'] = np.tile(attention_mask_T, (n, 1))
+    batch[f'{side}_response_mask'] = np.tile(response_mask_T, (n, 1))
     batch[f'{side}_score'] = np.asarray(getattr(pairs, f'{side}_score'), np.float32)
   return batch

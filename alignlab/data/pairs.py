@@ -19,7 +19,9 @@ import itertools
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from alignlab.config import config_hash, to_dict
 from alignlab.data.cache import cache_dir
@@ -116,6 +118,8 @@ def generate_preference_dataset(sample_fn: SampleFn, reward_fn: RewardFn, prompt
   """
   if k < 2:
     raise ValueError(f'k must be at least 2 to make pairs, got {k}')
+  if pairs.mode not in MODES:
+    raise ValueError(f'pairs.mode must be one of {MODES}, got {pairs.mode!r}')
   prompts = [[int(t) for t in p] for p in prompts]
   key_dict = {'cache_key': to_dict(cache_key), 'prompts': config_hash(prompts, length=16), 'k': k,
               'pairs': to_dict(pairs), 'batch_size': batch_size}
@@ -131,8 +135,6 @@ def generate_preference_dataset(sample_fn: SampleFn, reward_fn: RewardFn, prompt
 
 def _generate(sample_fn: SampleFn, reward_fn: RewardFn, prompts: list[list[int]], k: int,
               pairs: PairConfig, batch_size: int, progress: bool, counts: dict[str, int]) -> Iterator[dict[str, Any]]:
-  import jax
-  from tqdm.auto import tqdm
   base_key = jax.random.key(pairs.seed)
   starts = range(0, len(prompts), batch_size)
   for b, start in enumerate(tqdm(starts, desc='preference pairs', unit='batch', disable=not progress)):

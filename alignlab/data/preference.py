@@ -35,6 +35,10 @@ class PreferencePairsBuilder(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'prompt/chosen/rejected int32 ids, chosen/rejected float32 scores.'}
+  # TFDS looks for a download-checksums file beside a builder's code; finding that path for a
+  # package module imports the `importlib_resources` backport, not installed here. There is
+  # nothing to download, so there is no code path to look in.
+  code_path = None
 
   def __init__(self, *, splits: Mapping[str, Iterable[Mapping[str, Any]]] | None = None, **kwargs: Any):
     self._splits = dict(splits or {})
@@ -140,6 +144,7 @@ class PreferenceLoader:
     self.shuffle = shuffle
     self.num_epochs = num_epochs
     self.num_examples = len(source)
+    self._order: tuple[int, np.ndarray] = (-1, np.arange(0))
     full, rest = divmod(self.num_examples, batch_size)
     self.steps_per_epoch = full + (1 if rest and not drop_remainder else 0)
     if self.steps_per_epoch == 0:
@@ -150,9 +155,11 @@ class PreferenceLoader:
     return None if self.num_epochs is None else self.num_epochs * self.steps_per_epoch
 
   def epoch_order(self, epoch: int) -> np.ndarray:
-    if not self.shuffle:
-      return np.arange(self.num_examples)
-    return np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+    if self._order[0] != epoch:  # one permutation per epoch, not per step
+      order = (np.random.default_rng([self.seed, epoch]).permutation(self.num_examples) if self.shuffle
+               else np.arange(self.num_examples))
+      self._order = (epoch, order)
+    return self._order[1]
 
   def batch_indices(self, step: int) -> np.ndarray:
     epoch, i = divmod(step, self.steps_per_epoch)

@@ -1,0 +1,79 @@
+"""The Bradley–Terry reward model: the shared transformer with a scalar head, read at the last
+real token of prompt ⊕ response."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from alignlab.heads import last_token_value
+from alignlab.losses.reward import bradley_terry
+
+
+def pair_rewards(model, batch: dict):
+  tokens = jnp.concatenate([batch['chosen_tokens'], batch['rejected_tokens']], 0)
+  attn = jnp.concatenate([batch['chosen_attention_mask'], batch['rejected_attention_mask']], 0)
+  rewards_2B = last_token_value(model(tokens, attn), attn)
+  b = batch['chosen_tokens'].shape[0]
+  return rewards_2B[:b], rewards_2B[b:]
+
+
+def make_loss_fn(graphdef):
+
+  def loss_fn(params, batch, hparams):
+    del hparams
+    chosen_B, rejected_B = pair_rewards(nnx.merge(graphdef, params), batch)
+    _, metrics = bradley_terry(chosen_rewards=chosen_B, rejected_rewards=rejected_B,
+                               example_mask=batch.get('example_mask'))
+    return metrics['loss_sum'], metrics
+
+  return loss_fn
+
+
+@functools.partial(jax.jit, static_argnames=('graphdef',))
+def score(graphdef, params, tokens_BxT, attention_mask_BxT):
+  """Reward of each sequence (at its last real token)."""
+  model = nnx.merge(graphdef, params)
+  return last_token_value(model(tokens_BxT, attention_mask_BxT), attention_mask_BxT)
+
+
+@functools.partial(jax.jit, static_argnames=('graphdef',))
+def _pair_metrics(graphdef, params, batch):
+  chosen_B, rejected_B = pair_rewards(nnx.merge(graphdef, params), batch)
+  _, metrics = bradley_terry(chosen_rewards=chosen_B, rejected_rewards=rejected_B,
+                             example_mask=batch.get('example_mask'))
+  return metrics
+
+
+def evaluate_pairs(graphdef, params, pairs: dict, *, batch_size: int = 256) -> dict:
+  """Held-out `accuracy`, `margin` and `loss` over every pair (exact masked means)."""
+  n = len(pairs['chosen_tokens'])
+  keys = [k for k in pairs if k.endswith(('_tokens', '_attention_mask'))]
+  totals: dict[str, float] = {}
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, start + batch_size) % n
+    batch = {k: jnp.asarray(pairs[k][idx]) for k in keys}
+    batch['example_mask'] = jnp.asarray((np.arange(start, start + batch_size) < n), jnp.float32)
+    m = jax.device_get(_pair_metrics(graphdef, params, batch))
+    c = float(m['count'])
+    for k in ('accuracy', 'margin'):
+      totals[k] = totals.get(k, 0.0) + float(m[k]) * c
+    totals['loss'] = totals.get('loss', 0.0) + float(m['loss_sum'])
+    totals['count'] = totals.get('count', 0.0) + c
+  return {k: v / totals['count'] for k, v in totals.items() if k != 'count'}
+
+
+def normalize(params: dict, scores: np.ndarray) -> dict:
+  """Sets the head's gain and bias so that `scores` (of π_ref samples, computed with the
+  current gain and bias) become mean 0, std 1 (Ziegler et al. 2019, arXiv 1909.08593 §2)."""
+  scores = np.asarray(scores, np.float64)
+  gain, bias = float(params['gain']), float(params['bias'])
+  raw = (scores - bias) / gain
+  std = max(raw.std(), 1e-6)
+  new_gain = 1.0 / std
+  return {**params, 'gain': jnp.asarray(new_gain, jnp.float32),
+          'bias': jnp.asarray(-raw.mean() * new_gain, jnp.float32)}
