@@ -41,6 +41,9 @@ class ModelConfig:
   dtype: str = 'float32'  # activation dtype; fp32 is fastest on XLA:CPU, bf16 for GPU/TPU
   param_dtype: str = 'float32'
   init_std: float = 0.02
+  # Ids the LM never emits (their logits are −1e9): pad, or the exact task's prompt tokens, so
+  # that every distribution the policy defines is over the tokens it may actually produce.
+  masked_output_ids: tuple[int, ...] = ()
 
   @property
   def ff_dim(self) -> int:

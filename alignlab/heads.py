@@ -32,7 +32,12 @@ class CausalLM(nnx.Module):
       logits_BxTxV = self.backbone.attend_embeddings(hidden_BxTxD)
     else:
       logits_BxTxV = hidden_BxTxD @ self.w_lm[...].astype(hidden_BxTxD.dtype)
-    return logits_BxTxV.astype(jnp.float32)
+    logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+    if self.cfg.masked_output_ids:
+      masked_V = jnp.zeros((self.cfg.vocab_size,), bool).at[
+          jnp.asarray(self.cfg.masked_output_ids)].set(True)
+      logits_BxTxV = jnp.where(masked_V, -1e9, logits_BxTxV)
+    return logits_BxTxV
 
   def __call__(self, tokens_BxT: jax.Array, attention_mask_BxT: jax.Array) -> jax.Array:
     return self.logits(self.hidden(tokens_BxT, attention_mask_BxT))

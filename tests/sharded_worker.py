@@ -30,7 +30,32 @@ def loss_fn(params, graphdef, batch):
   return -logps.sum() / batch['response_mask'].sum()
 
 
-def run(mesh_shape):
+def dpo_loss_fn(params, graphdef, batch):
+  from alignlab.train.preference import make_loss_fn
+  loss_sum, metrics = make_loss_fn(graphdef, 'dpo', prompt_len=6)(params, batch, {'beta': 0.5})
+  return loss_sum / metrics['count']
+
+
+def dpo_batch(rng):
+  from alignlab.train.preference import reference_logps
+  out = {}
+  for side in ('chosen', 'rejected'):
+    tokens = rng.integers(1, 64, (8, 12)).astype(np.int32)
+    attn = np.ones((8, 12), np.int32)
+    attn[:3, :2] = 0
+    tokens[:3, :2] = 0
+    attn[4:, 10:] = 0
+    tokens[4:, 10:] = 0
+    resp = attn.copy()
+    resp[:, :6] = 0
+    out.update({f'{side}_tokens': tokens, f'{side}_attention_mask': attn,
+                f'{side}_response_mask': resp})
+  out['ref_chosen_logps'] = rng.normal(-40, 1, 8).astype(np.float32)
+  out['ref_rejected_logps'] = rng.normal(-40, 1, 8).astype(np.float32)
+  return out
+
+
+def run(mesh_shape, kind='lm'):
   n = int(np.prod(mesh_shape))
   mesh = sharding.make_mesh(MeshConfig(*mesh_shape), jax.devices()[:n])
   graphdef, params = sharding.init_params(lambda r: CausalLM(CFG, rngs=r), mesh, jax.random.key(0))
@@ -41,10 +66,14 @@ def run(mesh_shape):
   tokens[:3, :2] = 0
   resp = np.zeros((8, 12), np.int32)
   resp[:, 6:] = 1
-  batch = sharding.shard_batch({'tokens': tokens, 'attention_mask': attn, 'response_mask': resp}, mesh)
+  batch = {'tokens': tokens, 'attention_mask': attn, 'response_mask': resp}
+  if kind == 'dpo':
+    batch = dpo_batch(rng)
+  batch = sharding.shard_batch(batch, mesh)
+  fn = dpo_loss_fn if kind == 'dpo' else loss_fn
   with sharding.use_mesh(mesh):
     # A training step pins gradients to the parameters' shardings, as here.
-    step = jax.jit(jax.value_and_grad(loss_fn), static_argnums=1,
+    step = jax.jit(jax.value_and_grad(fn), static_argnums=1,
                    out_shardings=(sharding.replicated(mesh), sharding.shardings_of(params)))
     loss, grads = step(params, graphdef, batch)
   flat = {jax.tree_util.keystr(p): np.asarray(g).ravel().tolist()
@@ -64,4 +93,5 @@ def run(mesh_shape):
 
 if __name__ == '__main__':
   meshes = json.loads(sys.argv[1])
-  print(json.dumps({str(m): run(tuple(m)) for m in meshes}))
+  kind = sys.argv[2] if len(sys.argv) > 2 else 'lm'
+  print(json.dumps({str(m): run(tuple(m), kind) for m in meshes}))

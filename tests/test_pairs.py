@@ -173,7 +173,7 @@ def test_generate_preference_dataset(cache_root):
   calls = []
   result = pairs_lib.generate_preference_dataset(_fake_sampler(calls), _reward_fn, prompts, k=4,
                                                  cache_key={'policy': 'sft-v1'}, batch_size=5, progress=False)
-  assert not result.from_cache and calls == [5, 5, 3]
+  assert not result.from_cache and calls == [5, 5, 5]  # the last batch is padded to 5
   stats = result.stats
   assert stats.num_prompts == 13 and stats.num_pairs + stats.num_ties_dropped == 13 * 6 and stats.num_ties_dropped > 0
   source = read_pairs(result.path)
@@ -185,7 +185,7 @@ def test_generate_preference_dataset(cache_root):
     assert e['chosen'][-1] == 1 and list(e['prompt']) in prompts
   again = pairs_lib.generate_preference_dataset(_fake_sampler(calls), _reward_fn, prompts, k=4,
                                                 cache_key={'policy': 'sft-v1'}, batch_size=5, progress=False)
-  assert again.from_cache and again.path == result.path and again.stats == stats and calls == [5, 5, 3]
+  assert again.from_cache and again.path == result.path and again.stats == stats and calls == [5, 5, 5]
   other = pairs_lib.generate_preference_dataset(_fake_sampler(calls), _reward_fn, prompts, k=4,
                                                 cache_key={'policy': 'sft-v2'}, batch_size=5, progress=False)
   assert not other.from_cache and other.path != result.path
@@ -206,3 +206,11 @@ def test_split_responses():
   tokens = np.array([[0, 2, 5, 6, 1, 0], [2, 5, 5, 0, 0, 0]])
   response = np.array([[0, 0, 0, 1, 1, 0], [0, 0, 1, 0, 0, 0]])
   assert pairs_lib.split_responses(tokens, response) == [[6, 1], [5]]
+
+
+def test_left_pad_prompts():
+  tokens, mask = pairs_lib.left_pad_prompts([[2, 5, 6], [2]], 4, pad_id=0, repeat=2)
+  np.testing.assert_array_equal(tokens, [[0, 2, 5, 6], [0, 2, 5, 6], [0, 0, 0, 2], [0, 0, 0, 2]])
+  np.testing.assert_array_equal(mask, [[0, 1, 1, 1], [0, 1, 1, 1], [0, 0, 0, 1], [0, 0, 0, 1]])
+  with pytest.raises(ValueError):
+    pairs_lib.left_pad_prompts([[1, 2, 3]], 2)

@@ -28,7 +28,8 @@ def test_eight_devices_match_one():
     got = report[str(m)]
     assert got['loss'] == pytest.approx(base['loss'], rel=1e-5)
     for name, g in base['grads'].items():
-      np.testing.assert_allclose(got['grads'][name], g, rtol=1e-5, atol=1e-7, err_msg=f'{m} {name}')
+      # Relative to the tensor's scale: entries near 0 differ by reduction order only.
+      np.testing.assert_allclose(got['grads'][name], g, rtol=1e-5, atol=1e-5 * np.abs(g).max(), err_msg=f'{m} {name}')
   # Declared layout: w_qkv (D, 3, H, K) over ('fsdp', None, 'tensor', None); embed (V, D) over
   # ('tensor', 'fsdp'); gradients keep the parameters' shardings.
   assert report[str([1, 2, 4])]['w_qkv_spec'] == ['fsdp', None, 'tensor', None]

@@ -100,6 +100,12 @@ def model_vocab_size(cfg: ExactTaskConfig) -> int:
   return cfg.vocab + cfg.n_prompts + 1
 
 
+def masked_output_ids(cfg: ExactTaskConfig) -> tuple[int, ...]:
+  """Ids a policy must never emit on this task (pad and the prompt tokens); pass them as
+  `ModelConfig.masked_output_ids` so the policy is a distribution over response symbols."""
+  return (0,) + tuple(range(cfg.vocab + 1, cfg.vocab + cfg.n_prompts + 1))
+
+
 def prompt_tokens(cfg: ExactTaskConfig) -> np.ndarray:
   """Token id of each prompt, (P,) int32: vocab+1 .. vocab+n_prompts."""
   return np.arange(cfg.vocab + 1, cfg.vocab + 1 + cfg.n_prompts, dtype=np.int32)

@@ -100,6 +100,22 @@ def build_pairs(prompts: Sequence[TokenIds], responses_per_prompt: Sequence[Sequ
   return examples, ties
 
 
+def left_pad_prompts(prompts: Sequence[TokenIds], length: int, *, pad_id: int = 0,
+                     repeat: int = 1) -> tuple[np.ndarray, np.ndarray]:
+  """`(tokens, mask)` of shape (len(prompts) * repeat, length), each prompt left-padded and
+  repeated `repeat` times in a row (prompt i fills rows i*repeat ... i*repeat + repeat - 1):
+  the input a sampler needs to draw `repeat` responses per prompt."""
+  tokens_BxP = np.full((len(prompts) * repeat, length), pad_id, np.int32)
+  mask_BxP = np.zeros((len(prompts) * repeat, length), np.int32)
+  for i, prompt in enumerate(prompts):
+    if len(prompt) > length:
+      raise ValueError(f'prompt {i} has {len(prompt)} tokens, more than {length}')
+    rows = slice(i * repeat, (i + 1) * repeat)
+    tokens_BxP[rows, length - len(prompt):] = np.asarray(prompt, np.int32)
+    mask_BxP[rows, length - len(prompt):] = 1
+  return tokens_BxP, mask_BxP
+
+
 def split_responses(tokens_BxT: np.ndarray, response_mask_BxT: np.ndarray) -> list[list[int]]:
   """Response token ids of each row of a canonical-layout batch (e.g. a `SampleOutput`)."""
   tokens_BxT, response_mask_BxT = np.asarray(tokens_BxT), np.asarray(response_mask_BxT).astype(bool)
@@ -115,6 +131,7 @@ def generate_preference_dataset(sample_fn: SampleFn, reward_fn: RewardFn, prompt
   config, reward); it is hashed with the prompts, `k`, `pairs` and `batch_size` into
   `$ALIGNLAB_CACHE/preference/<hash>/`. On a hit nothing is sampled. Batch b of prompts is
   sampled with key `fold_in(key(pairs.seed), b)`, so results do not depend on what else ran.
+  `sample_fn` always gets exactly `batch_size` prompts (see `left_pad_prompts`).
   """
   if k < 2:
     raise ValueError(f'k must be at least 2 to make pairs, got {k}')
@@ -139,9 +156,13 @@ def _generate(sample_fn: SampleFn, reward_fn: RewardFn, prompts: list[list[int]]
   starts = range(0, len(prompts), batch_size)
   for b, start in enumerate(tqdm(starts, desc='preference pairs', unit='batch', disable=not progress)):
     batch = prompts[start:start + batch_size]
-    responses = [[list(map(int, r)) for r in rs] for rs in sample_fn(batch, jax.random.fold_in(base_key, b))]
-    if len(responses) != len(batch) or any(len(rs) != k for rs in responses):
-      raise ValueError(f'sample_fn must return {k} responses for each of {len(batch)} prompts')
+    # A full batch every call (the last one padded with repeats), so a jitted sampler
+    # compiles once; the repeats' samples are dropped.
+    full = batch + [batch[-1]] * (batch_size - len(batch))
+    sampled = sample_fn(full, jax.random.fold_in(base_key, b))
+    if len(sampled) != len(full) or any(len(rs) != k for rs in sampled):
+      raise ValueError(f'sample_fn must return {k} responses for each of {len(full)} prompts')
+    responses = [[[int(t) for t in r] for r in rs] for rs in sampled[:len(batch)]]
     flat_prompts = [p for p in batch for _ in range(k)]
     flat_responses = [r for rs in responses for r in rs]
     scores = np.asarray(reward_fn(flat_prompts, flat_responses), np.float32).reshape(len(batch), k)

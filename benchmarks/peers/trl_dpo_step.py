@@ -30,6 +30,7 @@ import copy
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -213,6 +214,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         trainer.train()
         train_time_s = time.perf_counter() - t0
+    shutil.rmtree(out_dir, ignore_errors=True)  # nothing is saved (save_strategy='no'); drop the empty dir
 
     if len(timer.begin) != total_steps or len(timer.end) != total_steps:
         raise RuntimeError(f"expected {total_steps} steps, saw {len(timer.begin)} begins / {len(timer.end)} ends")
