@@ -77,6 +77,14 @@ class LMTest(chex.TestCase):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
   @chex.variants(with_jit=True, without_jit=True)
+  def test_masked_sum_count(self):
+    values = np.array([1.0, np.inf, np.nan, 3.0], np.float32)  # non-finite only in padding
+    mean, total, count = self.variant(lm.masked_sum_count)(values, np.array([1, 0, 0, 1.0]))
+    np.testing.assert_allclose([mean, total, count], [2.0, 4.0, 2.0])
+    mean, total, count = self.variant(lm.masked_sum_count)(values, np.zeros(4))
+    np.testing.assert_array_equal([mean, total, count], [0.0, 0.0, 0.0])  # empty: 0, not NaN
+
+  @chex.variants(with_jit=True, without_jit=True)
   def test_log1mexp(self):
     x = np.array([-1e-4, -1e-3, -0.1, -0.6, -0.7, -2.0, -20.0, -80.0], np.float64)
     # float64 and whichever form is accurate at that x (expm1(−80) rounds to −1 in float64).

@@ -476,6 +476,23 @@ def unlikelihood(*, policy_chosen_token_logps_BxT: jax.Array,
                         'unlikelihood': _masked_mean(unlikely_B, example_mask)})
 
 
+def margin_loss(name: str, *, loss_of_logits: Callable[[jax.Array], jax.Array],
+                policy_chosen_logps: jax.Array, policy_rejected_logps: jax.Array,
+                ref_chosen_logps: jax.Array | None = None,
+                ref_rejected_logps: jax.Array | None = None, beta: jax.Array | float,
+                example_mask: jax.Array | None = None, reference_free: bool = False,
+                **common: Any) -> tuple[jax.Array, Metrics]:
+  """The public building block for a new loss of the DPO margin z = β·h: give
+  `loss_of_logits(z_B) -> ℓ_B` and get the exact masked reduction, `loss_sum`/`count` and
+  every standard metric (see docs/adding_a_loss.md)."""
+  _check_common(name, common)
+  return _sigmoid_family(name, policy_chosen_logps=policy_chosen_logps,
+                         policy_rejected_logps=policy_rejected_logps,
+                         ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps,
+                         beta=beta, example_mask=example_mask, reference_free=reference_free,
+                         loss_of_logits=loss_of_logits)
+
+
 PREFERENCE_LOSSES: dict[str, Callable[..., tuple[jax.Array, Metrics]]] = {
     'dpo': dpo,
     'cdpo': cdpo,

@@ -215,6 +215,30 @@ def rollout(policy_graphdef, policy_params, ref_params, reward: RewardModel | Go
                           temperature=sampling.temperature)
 
 
+@functools.partial(jax.jit, static_argnames=('reward_graphdef',))
+def _reward_model_scores_jit(reward_graphdef, reward_params, tokens_BxT, attention_mask_BxT):
+  return reward_model_scores(reward_graphdef, reward_params, tokens_BxT, attention_mask_BxT)
+
+
+def score_sequences(reward: RewardModel | GoldReward, tokens_BxT, attention_mask_BxT,
+                    response_mask_BxT, *, eos_id: int = -1,
+                    no_eos_score: float | None = None) -> tuple[jax.Array, jax.Array]:
+  """(scores_B, has_eos_B) of canonical-layout sequences under a learned reward model (read at
+  the last real token) or a host gold reward, with the optional no-EOS score. Used where no
+  policy forward pass is needed (Best-of-N)."""
+  if isinstance(reward, RewardModel):
+    scores_B = _reward_model_scores_jit(reward.graphdef, reward.params, tokens_BxT,
+                                        attention_mask_BxT)
+  else:
+    scores_B = jnp.asarray(gold_scores(reward, tokens_BxT, attention_mask_BxT, response_mask_BxT))
+  eos_B = has_eos(tokens_BxT, response_mask_BxT, eos_id)
+  if no_eos_score is not None:
+    if eos_id < 0:
+      raise ConfigError('no_eos_score needs sampling.eos_id ≥ 0')
+    scores_B = jnp.where(eos_B, scores_B, jnp.float32(no_eos_score))
+  return scores_B.astype(jnp.float32), eos_B
+
+
 # ---------------------------------------------------------------------------------------------
 # Gold rewards in the rollout's form
 

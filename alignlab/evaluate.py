@@ -1,0 +1,334 @@
+"""The same evaluation for every method (DPO policies, PPO policies, baselines): how well does
+π optimize J_β(π) = E r − β·KL(π‖π_ref) (DPO paper, arXiv 2305.18290, Eq. 3)?
+
+API
+---
+Exact task (`alignlab/data/exact.py`): a policy is its log-probs over every response,
+`logp` (P, Y). All jittable; scalars are means over the (uniform) prompts.
+
+    exact_metrics(logp, ref_logp, r, beta) -> {reward, kl, objective, optimal_objective, gap,
+                                               gap_fraction}
+    exact_policy_logp(graphdef, params, task, temperature=1.0) -> logp (P, Y)   (jitted)
+    exact_win_rate(logp, ref_logp, r) -> P(r(y) > r(y')) + ½·P(tie), y ~ π, y' ~ π_ref
+    exact_implicit_accuracy(logp, ref_logp, prompt_index, first_index, second_index,
+                            first_score, second_score) -> accuracy of β·log π/π_ref
+    frontier_reward_at_kl(ref_logp, r, kl) -> the largest E r any policy reaches at that KL
+    exact_gold_reward_fn(task) -> a host gold reward `fn(prompts, responses)` (for sampling)
+
+Sampled (text tasks, e.g. IMDb): prompts are lists of token ids (no padding); the gold reward
+is a host callable `gold_reward_fn(prompts, responses) -> (n,)` (`alignlab/rewards.py`);
+`proxy_reward` a device callable `(tokens_BxT, attention_mask_BxT) -> (B,)`, e.g.
+`functools.partial(train.reward_model.score, rm_graphdef, rm_params)`.
+
+    evaluate_sampled(graphdef, params, ref_params, prompts, gold_reward_fn, key, sampling,
+                     beta, proxy_reward=None, batch_size=64)
+      -> {gold_reward, gold_reward_stderr, kl, kl_stderr, kl_k1, kl_k1_stderr, kl_k3,
+          kl_k3_stderr, objective, objective_stderr, proxy_reward, proxy_reward_stderr,
+          response_length, n}
+    win_rate_vs_reference(graphdef, params, ref_params, prompts, gold_reward_fn, key, sampling,
+                          temperatures=(0, .25, .5, .75, 1), batch_size=64)
+      -> [{temperature, win_rate, win_rate_stderr, n}, ...]
+    implicit_reward_accuracy(graphdef, params, ref_params, pairs, beta=..., prompt_len=...)
+      -> {implicit_accuracy, implicit_margin, n}
+
+`kl` is the DPO paper's sequence-level KL: per response, the sum over its tokens of the exact
+KL between the full next-token distributions of π and π_ref (footnote 3 of arXiv
+2305.18290), averaged over samples y ~ π; by the chain rule its expectation is KL(π‖π_ref).
+Beside it the sampled estimates (Schulman, "Approximating KL divergence", 2020) summed over
+tokens: k1 = Σ_t log π/π_ref (unbiased, noisy) and k3 = Σ_t (ρ_t − 1 − log ρ_t), ρ_t =
+π_ref/π of the sampled token (unbiased, ≥ 0). All three are estimates of the KL of π at
+temperature 1: sample with `sampling.temperature=1`, no top-k / top-p, for them to be
+unbiased. `objective` = gold_reward − β·kl. Device work is jitted with static shapes: prompts
+are left-padded to the longest prompt (or `prompt_len`) and batched by `batch_size`, the last
+batch filled with repeats that are dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from alignlab.config import SamplingConfig
+from alignlab.data import exact
+from alignlab.logprobs import sequence_logprobs, sum_and_count, token_kl, token_logprobs
+from alignlab.losses.ppo import kl_k3
+from alignlab.sampling import sample
+
+TEMPERATURES = (0.0, 0.25, 0.5, 0.75, 1.0)
+GREEDY_TEMPERATURE = 1e-6  # T = 0 in the exact task: logits / 1e-6 make every row one-hot
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact task
+
+
+def exact_metrics(logp: jax.Array, ref_logp: jax.Array, r: jax.Array,
+                  beta: float | jax.Array) -> dict[str, jax.Array]:
+  """Exact E r, KL(π‖π_ref), J_β(π), J_β(π*), the gap J_β(π*) − J_β(π) = β·KL(π‖π*) and
+  `gap_fraction` = gap / gap of π_ref (0 at the optimum, 1 where π_ref stands), each the
+  mean over prompts. The gap is computed as a KL, so it stays accurate near 0."""
+  reward = exact.expected_reward(logp, r).mean()
+  kl = exact.kl(logp, ref_logp).mean()
+  gap = exact.gap(logp, ref_logp, r, beta).mean()
+  ref_gap = exact.gap(ref_logp, ref_logp, r, beta).mean()
+  return {'reward': reward, 'kl': kl, 'objective': reward - beta * kl,
+          'optimal_objective': exact.optimal_value(ref_logp, r, beta).mean(), 'gap': gap,
+          'gap_fraction': gap / jnp.maximum(ref_gap, jnp.finfo(jnp.float32).tiny)}
+
+
+@functools.partial(jax.jit, static_argnames=('graphdef', 'task'))
+def exact_policy_logp(graphdef, params, task: exact.ExactTaskConfig,
+                      temperature: float | jax.Array = 1.0) -> jax.Array:
+  """log π(y|x) of every response, (P, Y), of a `CausalLM` whose next-token logits are divided
+  by `temperature` (traced; per-token tempering, as a sampler does). Use
+  `GREEDY_TEMPERATURE` for greedy decoding."""
+  model = nnx.merge(graphdef, params)
+  return exact.policy_logprobs_all(lambda t, m: model(t, m) / temperature, task)
+
+
+def exact_win_rate(logp: jax.Array, ref_logp: jax.Array, r: jax.Array) -> jax.Array:
+  """P(r(x, y) > r(x, y')) + ½·P(r(x, y) = r(x, y')) for y ~ π, y' ~ π_ref, mean over x:
+  the gold-judged win rate against π_ref samples, exactly. π_ref against itself gives ½."""
+
+  def one(logp_Y, ref_logp_Y, r_Y):
+    order_Y = jnp.argsort(r_Y)
+    r_sorted_Y = r_Y[order_Y]
+    cdf_Y = jnp.concatenate([jnp.zeros(1), jnp.cumsum(jnp.exp(ref_logp_Y[order_Y]))])
+    below_Y = cdf_Y[jnp.searchsorted(r_sorted_Y, r_Y, side='left')]
+    at_or_below_Y = cdf_Y[jnp.searchsorted(r_sorted_Y, r_Y, side='right')]
+    return jnp.sum(jnp.exp(logp_Y) * 0.5 * (below_Y + at_or_below_Y))
+
+  return jax.vmap(one)(logp, ref_logp, r).mean()
+
+
+def implicit_accuracy_from_rewards(first_rewards: jax.Array, second_rewards: jax.Array,
+                                   first_scores: jax.Array, second_scores: jax.Array) -> dict:
+  """How often the implicit rewards order a pair as the gold scores do. Pairs tied in gold
+  are left out (they have no order); an implicit tie counts ½."""
+  implicit_N = first_rewards - second_rewards
+  gold_N = first_scores - second_scores
+  counted_N = gold_N != 0
+  right_N = jnp.where(implicit_N * gold_N > 0, 1.0, jnp.where(implicit_N == 0, 0.5, 0.0))
+  n = jnp.sum(counted_N)
+  return {'implicit_accuracy': jnp.sum(jnp.where(counted_N, right_N, 0.0)) / jnp.maximum(n, 1),
+          'implicit_margin': jnp.sum(jnp.where(counted_N, implicit_N * jnp.sign(gold_N), 0.0))
+                             / jnp.maximum(n, 1),
+          'n': n}
+
+
+def exact_implicit_accuracy(logp: jax.Array, ref_logp: jax.Array, prompt_index: jax.Array,
+                            first_index: jax.Array, second_index: jax.Array,
+                            first_score: jax.Array, second_score: jax.Array,
+                            beta: float | jax.Array = 1.0) -> dict:
+  """Accuracy of DPO's implicit reward r̂ = β·log π(y|x)/π_ref(y|x) (arXiv 2305.18290 §5) at
+  ordering held-out pairs (responses given by index) by their gold scores."""
+  implicit_PxY = beta * (logp - ref_logp)
+  return implicit_accuracy_from_rewards(implicit_PxY[prompt_index, first_index],
+                                        implicit_PxY[prompt_index, second_index],
+                                        first_score, second_score)
+
+
+def frontier_reward_at_kl(ref_logp: jax.Array, r: jax.Array, kl: jax.Array, *,
+                          log_beta_range: tuple[float, float] = (-9.0, 9.0),
+                          iterations: int = 60) -> jax.Array:
+  """The largest E_x E_π r of any policy with E_x KL(π‖π_ref) = kl: the reward of the π*_β
+  whose KL is `kl`, β found by bisection in log β (KL(π*_β‖π_ref) falls as β grows). Any
+  policy's reward lies at or below it, so `frontier_reward_at_kl(kl(π)) − reward(π) ≥ 0` is
+  a β-free shortfall. Beyond the range's ends it saturates."""
+
+  def kl_at(log_beta):
+    return exact.kl(exact.optimal_policy(ref_logp, r, jnp.exp(log_beta)), ref_logp).mean()
+
+  def body(_, bounds):
+    lo, hi = bounds
+    mid = 0.5 * (lo + hi)
+    too_far = kl_at(mid) > kl  # β too small
+    return jnp.where(too_far, mid, lo), jnp.where(too_far, hi, mid)
+
+  lo, hi = jax.lax.fori_loop(0, iterations, body,
+                             (jnp.float32(log_beta_range[0]), jnp.float32(log_beta_range[1])))
+  logp = exact.optimal_policy(ref_logp, r, jnp.exp(0.5 * (lo + hi)))
+  return exact.expected_reward(logp, r).mean()
+
+
+def exact_gold_reward_fn(task: exact.ExactTaskConfig) -> Callable:
+  """The exact task's gold reward with the host signature of `alignlab/rewards.py`:
+  `fn(prompts, responses) -> (n,)`, prompts `[[prompt_token]]`, responses of R symbols."""
+  table_PxY = exact.gold_reward(task)
+  first_prompt = int(exact.prompt_tokens(task)[0])
+
+  def reward(prompts, responses):
+    prompt_N = np.asarray([p[-1] for p in prompts]) - first_prompt
+    index_N = np.asarray(exact.response_index(task, np.asarray(responses, np.int32)))
+    if (index_N < 0).any():
+      raise ValueError('a response holds an id that is not a response symbol')
+    return table_PxY[prompt_N, index_N]
+
+  return reward
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampled evaluation
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Left-padded (tokens, mask), each (n, length) int32."""
+  tokens_NxP = np.full((len(prompts), length), pad_id, np.int32)
+  mask_NxP = np.zeros((len(prompts), length), np.int32)
+  for i, prompt in enumerate(prompts):
+    if not 0 < len(prompt) <= length:
+      raise ValueError(f'prompt {i} has {len(prompt)} tokens; expected 1..{length}')
+    tokens_NxP[i, length - len(prompt):] = prompt
+    mask_NxP[i, length - len(prompt):] = 1
+  return tokens_NxP, mask_NxP
+
+
+def _batches(n: int, batch_size: int):
+  """(indices, n_real) of fixed-size batches over n items; the last is filled with repeats."""
+  for start in range(0, n, batch_size):
+    index = np.arange(start, start + batch_size) % n
+    yield index, min(batch_size, n - start)
+
+
+def _responses(tokens_BxT: np.ndarray, response_mask_BxT: np.ndarray) -> list[list[int]]:
+  return [row[mask.astype(bool)].tolist() for row, mask in zip(tokens_BxT, response_mask_BxT)]
+
+
+@functools.partial(jax.jit, static_argnames=('graphdef',))
+def sequence_kl_terms(graphdef, params, ref_params, tokens_BxT, attention_mask_BxT,
+                      response_mask_BxT) -> dict[str, jax.Array]:
+  """Per sequence (B,): `kl` Σ_t KL(π(·|y<t) ‖ π_ref(·|y<t)) over response tokens (exact per
+  token), `k1` Σ_t log π/π_ref and `k3` Σ_t (ρ_t − 1 − log ρ_t) of the tokens in the sequence,
+  `length` the number of response tokens."""
+  logits_p_BxTxV = nnx.merge(graphdef, params)(tokens_BxT, attention_mask_BxT)
+  logits_q_BxTxV = nnx.merge(graphdef, ref_params)(tokens_BxT, attention_mask_BxT)
+  logp_BxT = token_logprobs(logits_p_BxTxV, tokens_BxT, response_mask_BxT)
+  logq_BxT = token_logprobs(logits_q_BxTxV, tokens_BxT, response_mask_BxT)
+  return {'kl': token_kl(logits_p_BxTxV, logits_q_BxTxV, response_mask_BxT).sum(-1),
+          'k1': ((logp_BxT - logq_BxT) * response_mask_BxT).sum(-1),
+          'k3': kl_k3(policy_logps=logp_BxT, ref_logps=logq_BxT, mask=response_mask_BxT).sum(-1),
+          'length': response_mask_BxT.sum(-1)}
+
+
+def _mean_stderr(name: str, values: np.ndarray) -> dict[str, float]:
+  values = np.asarray(values, np.float64)
+  stderr = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float('nan')
+  return {name: float(values.mean()), f'{name}_stderr': float(stderr)}
+
+
+def sample_responses(graphdef, params, prompts: Sequence[Sequence[int]], key: jax.Array,
+                     sampling: SamplingConfig, *, batch_size: int = 64,
+                     prompt_len: int | None = None, pad_id: int | None = None):
+  """Samples one response per prompt; yields (index, n_real, SampleOutput on the host)."""
+  pad_id = sampling.pad_id if pad_id is None else pad_id
+  prompt_len = prompt_len or max(len(p) for p in prompts)
+  tokens_NxP, mask_NxP = pad_prompts(prompts, prompt_len, pad_id)
+  for b, (index, n_real) in enumerate(_batches(len(prompts), batch_size)):
+    out = sample(graphdef, params, jnp.asarray(tokens_NxP[index]), jnp.asarray(mask_NxP[index]),
+                 jax.random.fold_in(key, b), sampling)
+    yield index, n_real, jax.device_get(out)
+
+
+def evaluate_sampled(graphdef, params, ref_params, prompts: Sequence[Sequence[int]],
+                     gold_reward_fn: Callable, key: jax.Array, sampling: SamplingConfig,
+                     beta: float, proxy_reward: Callable | None = None, *, batch_size: int = 64,
+                     prompt_len: int | None = None) -> dict[str, float]:
+  """One sample per prompt from π: mean ± standard error of the gold reward, the sequence-level
+  KL (exact per token) and its k1 / k3 estimates, J_β, and the proxy reward if given."""
+  columns: dict[str, list] = {k: [] for k in ('gold', 'kl', 'k1', 'k3', 'length', 'proxy')}
+  for index, n_real, out in sample_responses(graphdef, params, prompts, key, sampling,
+                                             batch_size=batch_size, prompt_len=prompt_len):
+    terms = jax.device_get(sequence_kl_terms(graphdef, params, ref_params, out.tokens,
+                                             out.attention_mask, out.response_mask))
+    real = slice(0, n_real)
+    for name in ('kl', 'k1', 'k3', 'length'):
+      columns[name].append(np.asarray(terms[name])[real])
+    columns['gold'].append(np.asarray(gold_reward_fn(
+        [list(prompts[i]) for i in index[real]],
+        _responses(out.tokens[real], out.response_mask[real])), np.float64))
+    if proxy_reward is not None:
+      columns['proxy'].append(np.asarray(proxy_reward(out.tokens, out.attention_mask))[real])
+  col = {k: np.concatenate(v) if v else None for k, v in columns.items()}
+  result = {**_mean_stderr('gold_reward', col['gold']), **_mean_stderr('kl', col['kl']),
+            **_mean_stderr('kl_k1', col['k1']), **_mean_stderr('kl_k3', col['k3']),
+            **_mean_stderr('objective', col['gold'] - beta * col['kl'])}
+  if col['proxy'] is not None:
+    result.update(_mean_stderr('proxy_reward', col['proxy']))
+  else:
+    result.update({'proxy_reward': float('nan'), 'proxy_reward_stderr': float('nan')})
+  result.update({'response_length': float(col['length'].mean()), 'n': len(col['gold'])})
+  return result
+
+
+def _gold_of_samples(graphdef, params, prompts, gold_reward_fn, key, sampling, batch_size,
+                     prompt_len) -> np.ndarray:
+  scores = []
+  for index, n_real, out in sample_responses(graphdef, params, prompts, key, sampling,
+                                             batch_size=batch_size, prompt_len=prompt_len):
+    scores.append(np.asarray(gold_reward_fn(
+        [list(prompts[i]) for i in index[:n_real]],
+        _responses(out.tokens[:n_real], out.response_mask[:n_real])), np.float64))
+  return np.concatenate(scores)
+
+
+def win_rate_vs_reference(graphdef, params, ref_params, prompts: Sequence[Sequence[int]],
+                          gold_reward_fn: Callable, key: jax.Array, sampling: SamplingConfig, *,
+                          temperatures: Sequence[float] = TEMPERATURES, batch_size: int = 64,
+                          prompt_len: int | None = None) -> list[dict[str, float]]:
+  """For each temperature T: the fraction of prompts where π's sample at T beats a π_ref sample
+  (at T = 1) under the gold reward, ties counting ½ (the DPO paper's Fig. 2 right, with the
+  gold reward as judge). The π_ref samples are drawn once and shared by every T."""
+  ref_key, policy_key = jax.random.split(key)
+  reference = _gold_of_samples(graphdef, ref_params, prompts, gold_reward_fn, ref_key,
+                               dataclasses.replace(sampling, temperature=1.0), batch_size,
+                               prompt_len)
+  rows = []
+  for t in temperatures:
+    policy = _gold_of_samples(graphdef, params, prompts, gold_reward_fn,
+                              jax.random.fold_in(policy_key, int(round(t * 1000))),
+                              dataclasses.replace(sampling, temperature=float(t)), batch_size,
+                              prompt_len)
+    wins = (policy > reference) + 0.5 * (policy == reference)
+    rows.append({'temperature': float(t), **_mean_stderr('win_rate', wins), 'n': len(wins)})
+  return rows
+
+
+@functools.partial(jax.jit, static_argnames=('graphdef', 'prompt_len'))
+def _pair_implicit_rewards(graphdef, params, ref_params, batch, prompt_len):
+  out = []
+  for side in ('chosen', 'rejected'):
+    tokens, attn, resp = (batch[f'{side}_tokens'], batch[f'{side}_attention_mask'],
+                          batch[f'{side}_response_mask'])
+    logp = sum_and_count(sequence_logprobs(nnx.merge(graphdef, params), tokens, attn, resp,
+                                           response_start=prompt_len), resp)[0]
+    logq = sum_and_count(sequence_logprobs(nnx.merge(graphdef, ref_params), tokens, attn, resp,
+                                           response_start=prompt_len), resp)[0]
+    out.append(logp - logq)
+  return out[0], out[1]
+
+
+def implicit_reward_accuracy(graphdef, params, ref_params, pairs: dict[str, np.ndarray], *,
+                             beta: float, prompt_len: int, batch_size: int = 64) -> dict[str, float]:
+  """Accuracy of DPO's implicit reward β·log π(y|x)/π_ref(y|x) at ordering held-out pairs
+  (a preference batch in the canonical layout, with `chosen_score` / `rejected_score`) by
+  their gold scores; the stored chosen/rejected label is not used (it may be a noisy BT
+  draw). `implicit_margin` is the mean β·(log-ratio of the gold-better − of the other)."""
+  keys = [k for k in pairs if k.endswith(('_tokens', '_mask'))]
+  n = len(pairs['chosen_tokens'])
+  first, second = [], []
+  for index, n_real in _batches(n, batch_size):
+    c, r = _pair_implicit_rewards(graphdef, params, ref_params,
+                                  {k: jnp.asarray(pairs[k][index]) for k in keys}, prompt_len)
+    first.append(np.asarray(c)[:n_real])
+    second.append(np.asarray(r)[:n_real])
+  out = implicit_accuracy_from_rewards(beta * jnp.asarray(np.concatenate(first)),
+                                       beta * jnp.asarray(np.concatenate(second)),
+                                       jnp.asarray(pairs['chosen_score']),
+                                       jnp.asarray(pairs['rejected_score']))
+  return {k: float(v) for k, v in out.items()}

@@ -1,0 +1,67 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+# ---
+
+# %% [markdown]
+# # IMDb: the reward–KL frontier (DPO paper, arXiv:2305.18290, Fig. 2 left, at CPU scale)
+#
+# Each point is one evaluation of one run: mean gold (VADER) reward on held-out prompts against
+# the sequence-level KL(π‖π_ref), the sum over response tokens of the exact per-token KL of the
+# full next-token distributions. Results are read from `RUN_DIR` when it holds a `results.csv`;
+# otherwise the experiment runs at `VARIANT` (stages are cached under `$ALIGNLAB_CACHE`).
+
+# %% tags=["parameters"]
+VARIANT = 'tiny'
+RUN_DIR = None  # defaults to runs/imdb_frontier_<VARIANT>
+
+# %%
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from experiments import imdb_frontier
+
+run_dir = Path(RUN_DIR or f'runs/imdb_frontier_{VARIANT}')
+if (run_dir / 'results.csv').exists():
+  df = pd.read_csv(run_dir / 'results.csv')
+else:
+  df = imdb_frontier.run(imdb_frontier.get_config(VARIANT), run_dir, progress=False)
+df.head()
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 4.5))
+for method, group in df.groupby('method', sort=False):
+  ax.errorbar(group['kl'], group['gold_reward'], yerr=group['gold_stderr'], fmt='o', ms=4,
+              alpha=0.75, label=method)
+ax.set_xlabel('KL(π ‖ π_ref) (nats / sequence)')
+ax.set_ylabel('gold reward (VADER)')
+ax.set_title(f'IMDb reward–KL frontier ({VARIANT})')
+ax.grid(alpha=0.3)
+ax.legend(fontsize=8, ncol=2)
+plt.show()
+
+# %% [markdown]
+# The frontier itself: for each method, the best reward reached within a KL budget (the upper
+# envelope of its points). A method dominates when its envelope lies above the others'.
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 4.5))
+for method, group in df.groupby('method', sort=False):
+  group = group.sort_values('kl')
+  ax.step(group['kl'], np.maximum.accumulate(group['gold_reward'].to_numpy()), where='post', label=method)
+ax.set_xlabel('KL budget (nats / sequence)')
+ax.set_ylabel('best gold reward within budget')
+ax.grid(alpha=0.3)
+ax.legend(fontsize=8, ncol=2)
+plt.show()
+
+# %%
+summary = imdb_frontier.summary(df)
+summary
