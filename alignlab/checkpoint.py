@@ -78,7 +78,7 @@ class Checkpointer:
   def __init__(self, directory: str | Path, config: Any, *, max_to_keep: int = 2,
                save_every: int = 1):
     self.directory = Path(directory).absolute()
-    self.config = to_dict(config) if dataclasses.is_dataclass(config) else dict(config)
+    self.config = to_dict(config)
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,

@@ -35,6 +35,7 @@ Errors the user can fix are `ExperimentError` (or `config.ConfigError`), one lin
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.util
 import json
 import os
@@ -98,6 +99,22 @@ def _load_file(path: Path, name: str) -> ModuleType:
   return module
 
 
+def _import_from(directory: Path, name: str) -> ModuleType:
+  """`experiments.<name>` from `directory`, as a package module (so that an experiment can
+  import its sibling helpers), whether or not `experiments` is on sys.path."""
+  package = sys.modules.get('experiments')
+  paths = [Path(p).resolve() for p in getattr(package, '__path__', [])]
+  if package is None or directory.resolve() not in paths:
+    spec = importlib.util.spec_from_file_location(
+        'experiments', directory / '__init__.py', submodule_search_locations=[str(directory)])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules['experiments'] = package
+    spec.loader.exec_module(package)
+    for key in [k for k in sys.modules if k.startswith('experiments.')]:
+      del sys.modules[key]  # loaded from another directory
+  return importlib.import_module(f'experiments.{name}')
+
+
 def load_experiment(name_or_path: str) -> ModuleType:
   """An experiment module by name (`experiments/<name>.py`) or by path to a .py file."""
   path = Path(name_or_path)
@@ -112,10 +129,10 @@ def load_experiment(name_or_path: str) -> ModuleType:
       known = ', '.join(_names()) or 'none'
       raise ExperimentError(f'unknown experiment {name_or_path!r}; known experiments: {known} '
                             '(or give a path to a .py file)')
-    name = f'experiments.{name_or_path}'
-    loaded = sys.modules.get(name)
-    same = loaded is not None and Path(getattr(loaded, '__file__', '')).resolve() == found[0].resolve()
-    module = loaded if same else _load_file(found[0], name)
+    if (found[0].parent / '__init__.py').exists():
+      module = _import_from(found[0].parent, name_or_path)
+    else:
+      module = _load_file(found[0], f'alignlab_experiment_{name_or_path}')
   missing = [a for a in ('get_config', 'run') if not hasattr(module, a)]
   if missing:
     raise ExperimentError(f'{name_or_path} is not an experiment: it defines no {", ".join(missing)}')
@@ -195,12 +212,16 @@ def run_experiment(name: str, variant: str = 'quick', overrides: Sequence[str] =
   cfg = make_config(module, variant, overrides)
   out_dir = Path(out_dir) if out_dir is not None else default_out_dir(name, variant)
   out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / 'experiment.json').write_text(json.dumps(
-      {'experiment': str(name), 'variant': variant, 'overrides': list(overrides),
-       'config_hash': config_hash(cfg), 'config': to_dict(cfg)}, indent=1, default=str))
+  record = json.dumps({'experiment': str(name), 'variant': variant, 'overrides': list(overrides),
+                       'config_hash': config_hash(cfg), 'config': to_dict(cfg)}, indent=1,
+                      default=str)
+  record_path = out_dir / 'experiment.json'
+  if not record_path.exists():  # a partial run can be re-evaluated (`alignlab eval`)
+    record_path.write_text(record)
   enable_compilation_cache()
   start = time.time()
   df = module.run(cfg, out_dir, progress=progress)
+  record_path.write_text(record)  # the config that made the latest results
   results_csv = out_dir / 'results.csv'
   df.to_csv(results_csv, index=False)
   win_rates = runs.collect_win_rates(out_dir)

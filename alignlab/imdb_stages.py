@@ -129,7 +129,7 @@ class ImdbTask(NamedTuple):
             'pairs': self.pairs.from_cache, 'reward_model': self.reward_model.from_cache}
 
 
-def _model_cfg(cfg: ImdbTaskConfig, tok: Tokenizer) -> ModelConfig:
+def model_config(cfg: ImdbTaskConfig, tok: Tokenizer) -> ModelConfig:
   # The LM never emits <pad> or <bos>: its distributions are over what it may produce.
   return dataclasses.replace(cfg.model, vocab_size=tok.vocab_size,
                              masked_output_ids=(tok.pad_id, tok.bos_id))
@@ -158,12 +158,12 @@ def tokenizer_stage(cfg: ImdbTaskConfig) -> Tokenizer:
 
 def sft_key(cfg: ImdbTaskConfig, tok: Tokenizer) -> dict:
   return {'version': STAGE_VERSION, 'data': imdb.data_fingerprint(cfg.data),
-          'tokenizer': tok.fingerprint, 'model': to_dict(_model_cfg(cfg, tok)), 'sft': to_dict(cfg.sft)}
+          'tokenizer': tok.fingerprint, 'model': to_dict(model_config(cfg, tok)), 'sft': to_dict(cfg.sft)}
 
 
 def sft_stage(cfg: ImdbTaskConfig, tok: Tokenizer, mesh, *, progress: bool = True) -> Policy:
   """π_ref: the small GPT trained by next-token NLL on truncated train reviews."""
-  model_cfg = _model_cfg(cfg, tok)
+  model_cfg = model_config(cfg, tok)
   key = sft_key(cfg, tok)
   directory = cache_dir('imdb_sft', key)
   graphdef, params = sharding.init_params(lambda rngs: CausalLM(model_cfg, rngs=rngs), mesh,
@@ -240,7 +240,7 @@ def reward_model_stage(cfg: ImdbTaskConfig, tok: Tokenizer, policy: Policy, pair
                        progress: bool = True) -> RewardStage:
   """Bradley–Terry RM from the SFT backbone; keeps the params of the best held-out accuracy."""
   rc = cfg.reward_model
-  model_cfg = _model_cfg(cfg, tok)
+  model_cfg = model_config(cfg, tok)
   key = reward_model_key(cfg, policy, pairs)
   directory = cache_dir('imdb_reward_model', key)
   graphdef, params = sharding.init_params(lambda rngs: ScalarModel(model_cfg, rngs=rngs), mesh,

@@ -1,4 +1,5 @@
-"""PNG plots of a results table (matplotlib, Agg backend: no display needed).
+"""PNG plots of a results table (matplotlib's Agg canvas: no display needed; the global
+pyplot backend is left alone, so a notebook keeps its inline figures).
 
     plot_frontier(df, path, frontier=None, title='')  reward–KL points per method (each
         evaluation a point, the runs of one method in one colour, the last point of each run
@@ -6,6 +7,7 @@
     plot_gap(df, path)          final gap_fraction (J(π*) − J(π) over that of π_ref) per method
                                 and hyperparameter value
     plot_win_rates(wr, path)    win rate against π_ref vs sampling temperature per method
+Each has a `draw_*(ax, ...)` twin that draws into a given matplotlib Axes (for notebooks).
 """
 
 from __future__ import annotations
@@ -13,16 +15,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 
 def _colors(methods) -> dict[str, tuple]:
-  cmap = plt.get_cmap('tab20')
+  cmap = matplotlib.colormaps['tab20']
   return {m: cmap(i % 20) for i, m in enumerate(sorted(methods))}
+
+
+def _axes(figsize: tuple[float, float]):
+  fig = Figure(figsize=figsize)
+  FigureCanvasAgg(fig)
+  return fig, fig.add_subplot()
 
 
 def _finish(fig, path: str | Path) -> Path:
@@ -30,7 +37,6 @@ def _finish(fig, path: str | Path) -> Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)
   return path
 
 
@@ -39,11 +45,13 @@ def final_points(df: pd.DataFrame) -> pd.DataFrame:
   return df.sort_values('step').groupby('run', sort=False).tail(1)
 
 
-def plot_frontier(df: pd.DataFrame, path: str | Path, frontier: pd.DataFrame | None = None,
-                  title: str = '') -> Path:
-  fig, ax = plt.subplots(figsize=(7, 5))
+def draw_frontier(ax, df: pd.DataFrame, frontier: pd.DataFrame | None = None,
+                  title: str = '') -> None:
+  kl = df['kl'].to_numpy(np.float64)
   if frontier is not None and len(frontier):
     f = frontier.sort_values('kl')
+    if np.isfinite(kl).any():  # the frontier where the points are, and a little beyond
+      f = f[f['kl'] <= 1.5 * np.nanmax(kl) + 1e-3]
     ax.plot(f['kl'], f['gold_reward'], color='black', lw=1.5, label='exact frontier (π*_β)')
   colors = _colors(df['method'].unique())
   for method, rows in df.groupby('method'):
@@ -52,24 +60,34 @@ def plot_frontier(df: pd.DataFrame, path: str | Path, frontier: pd.DataFrame | N
     ax.scatter(last['kl'], last['gold_reward'], s=40, facecolors='none', edgecolors=colors[method])
   ax.set_xlabel('KL(π ‖ π_ref)')
   ax.set_ylabel('gold reward E[r]')
-  kl = df['kl'].to_numpy(np.float64)
   if np.isfinite(kl).any():
     ax.set_xlim(left=min(0.0, np.nanmin(kl)) - 0.05 * max(np.nanmax(kl), 1e-3),
                 right=1.1 * np.nanmax(kl) + 1e-3)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, ncol=2, loc='lower right')
   ax.set_title(title or 'reward–KL frontier')
+
+
+def plot_frontier(df: pd.DataFrame, path: str | Path, frontier: pd.DataFrame | None = None,
+                  title: str = '') -> Path:
+  fig, ax = _axes((7, 5))
+  draw_frontier(ax, df, frontier, title)
   return _finish(fig, path)
 
 
-def plot_gap(df: pd.DataFrame, path: str | Path, title: str = '') -> Path:
+def final_gaps(df: pd.DataFrame) -> pd.DataFrame:
+  """Mean (and std over seeds) of the final gap_fraction per method and hyperparameter."""
   last = final_points(df[df['gap_fraction'].notna()])
   last = last.groupby(['method', 'hparam', 'hparam_value'], dropna=False)['gap_fraction'].agg(
       ['mean', 'std', 'count']).reset_index()
+  return last
+
+
+def draw_gap(ax, df: pd.DataFrame, title: str = '') -> None:
+  last = final_gaps(df)
   labels = [f'{m}' + (f' {h}={v:g}' if isinstance(h, str) and h and np.isfinite(v) else '')
             for m, h, v in zip(last['method'], last['hparam'], last['hparam_value'])]
   colors = _colors(last['method'].unique())
-  fig, ax = plt.subplots(figsize=(7, max(3, 0.28 * len(last) + 1)))
   y = np.arange(len(last))
   ax.barh(y, last['mean'], xerr=last['std'].fillna(0), color=[colors[m] for m in last['method']])
   ax.set_yticks(y, labels, fontsize=7)
@@ -78,11 +96,15 @@ def plot_gap(df: pd.DataFrame, path: str | Path, title: str = '') -> Path:
   ax.set_xlabel('gap to the optimum / gap of π_ref  (0 = π*, 1 = π_ref)')
   ax.set_title(title or 'J_β(π*) − J_β(π), final policies')
   ax.grid(axis='x', alpha=0.3)
+
+
+def plot_gap(df: pd.DataFrame, path: str | Path, title: str = '') -> Path:
+  fig, ax = _axes((7, max(3, 0.28 * len(final_gaps(df)) + 1)))
+  draw_gap(ax, df, title)
   return _finish(fig, path)
 
 
-def plot_win_rates(wr: pd.DataFrame, path: str | Path, title: str = '') -> Path:
-  fig, ax = plt.subplots(figsize=(6, 4.5))
+def draw_win_rates(ax, wr: pd.DataFrame, title: str = '') -> None:
   colors = _colors(wr['method'].unique())
   for (method, value), rows in wr.groupby(['method', 'hparam_value'], dropna=False):
     curve = rows.groupby('temperature')['win_rate'].mean()
@@ -95,4 +117,9 @@ def plot_win_rates(wr: pd.DataFrame, path: str | Path, title: str = '') -> Path:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=6, ncol=2)
   ax.set_title(title or 'win rate against π_ref samples')
+
+
+def plot_win_rates(wr: pd.DataFrame, path: str | Path, title: str = '') -> Path:
+  fig, ax = _axes((6, 4.5))
+  draw_win_rates(ax, wr, title)
   return _finish(fig, path)

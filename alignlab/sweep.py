@@ -36,6 +36,7 @@ touch the other runs, and stopping every run for one bad learning rate would was
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -50,7 +51,7 @@ from tqdm.auto import tqdm
 
 from alignlab import sharding
 from alignlab.checkpoint import Checkpointer
-from alignlab.config import OptimizerConfig
+from alignlab.config import OptimizerConfig, to_dict
 from alignlab.train.batches import ArrayBatches
 from alignlab.train.optim import make_optimizer
 from alignlab.train.step import init_state, make_train_step
@@ -74,9 +75,14 @@ class SweepBatches:
     return np.stack([b.indices(step) for b in self.per_run]).astype(np.int32)
 
 
+@jax.jit
+def _take(tree: Any, r: jax.Array) -> Any:
+  return jax.tree.map(lambda x: x[r], tree)
+
+
 def run_state(state_R: Any, r: int) -> Any:
-  """Run r's slice of a stacked state (or params)."""
-  return jax.tree.map(lambda x: x[r], state_R)
+  """Run r's slice of a stacked state (or params); one compiled program for every r."""
+  return _take(state_R, jnp.int32(r))
 
 
 def stack_hparams(rows: Sequence[dict[str, float]]) -> dict[str, jax.Array]:
@@ -124,20 +130,21 @@ def make_sweep_step(step: Callable, *, gather: bool) -> Callable:
   return sweep_step
 
 
+@functools.partial(jax.jit, static_argnums=(2,))
+def _stack(single: dict, seeds_R: jax.Array, n_runs: int) -> dict:
+  state_R = jax.tree.map(lambda x: jnp.broadcast_to(x, (n_runs,) + x.shape),
+                         {k: v for k, v in single.items() if k != 'rng'})
+  state_R['rng'] = jax.vmap(jax.random.key)(seeds_R)
+  return state_R
+
+
 def init_sweep_state(params: Any, optimizer, seeds: Sequence[int], mesh) -> tuple[dict, Any, Any]:
   """(state_R, its shardings, one run's state as a template): every run starts from `params`
-  with a fresh optimizer state and the RNG key of its seed."""
-  single = init_state(jax.tree.map(jnp.copy, params), optimizer, jax.random.key(0))
-  n_runs = len(seeds)
-  axis = run_axis(mesh, n_runs)
+  with a fresh optimizer state and the RNG key `jax.random.key(seed)` (seeds in [0, 2**32))."""
+  single = init_state(params, optimizer, jax.random.key(0))
+  axis = run_axis(mesh, len(seeds))
   shardings = jax.tree.map(lambda x: _stacked_sharding(x, mesh, axis), single)
-
-  def stack(x):
-    return jnp.broadcast_to(x, (n_runs,) + x.shape)
-
-  state_R = jax.tree.map(stack, {k: v for k, v in single.items() if k != 'rng'})
-  state_R['rng'] = jnp.stack([jax.random.key(int(s)) for s in seeds])
-  state_R = jax.device_put(state_R, shardings)
+  state_R = jax.device_put(_stack(single, jnp.asarray(seeds, jnp.uint32), len(seeds)), shardings)
   return state_R, shardings, single
 
 
@@ -180,7 +187,8 @@ def sweep_loop(step_fn: Callable, state_R: dict, feed_at: Callable[[int], tuple]
   n_runs = len(run_dirs)
   for d in run_dirs:
     d.mkdir(parents=True, exist_ok=True)
-  ckpts = [Checkpointer(d / 'checkpoints', c, max_to_keep=2) for d, c in zip(run_dirs, configs)]
+  ckpts = [Checkpointer(d / 'checkpoints', to_dict(c), max_to_keep=2)
+           for d, c in zip(run_dirs, configs)]
   start = _common_step(ckpts)
   if start:
     slices = []

@@ -78,6 +78,12 @@ def build(cfg, args, mode: str):
   tx = make_optimizer(opt_cfg)
   loss_fn = preference.make_loss_fn(graphdef, 'dpo', prompt_len=args.prompt_len)
   state = init_state(jax.tree.map(jnp.copy, params), tx, jax.random.key(0))
+  if getattr(args, 'fix_recompile', False):
+    # The proposed alignlab fix: leaves created without a mesh get a replicated mesh sharding, so
+    # the step's inputs on call 1 and call 2 have the same types (one compile, not two).
+    from jax.sharding import NamedSharding, PartitionSpec
+    state = jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding)
+                         else jax.device_put(x, NamedSharding(mesh, PartitionSpec())), state)
   step = jit_step(make_train_step(loss_fn, tx), state, mesh, donate=not args.no_donate)
   pairs = make_batch(cfg, args.pairs, args.prompt_len, args.response_len, args.seed)
   hparams = {'learning_rate': jnp.asarray(args.lr, jnp.float32),
@@ -106,6 +112,7 @@ def main():
   p.add_argument('--beta', type=float, default=0.1)
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--no-donate', action='store_true')
+  p.add_argument('--fix-recompile', action='store_true', help='apply the proposed state placement')
   p.add_argument('--variant', default='baseline', help='comma list from benchmarks/variants.py')
   args = p.parse_args()
   load0 = bc.loadavg()

@@ -59,10 +59,11 @@ def main():
   p.add_argument('--repeats', type=int, default=5)
   p.add_argument('--dtype', default='float32')
   args = p.parse_args()
+  load0 = bc.loadavg()
   t0 = time.perf_counter()
   out = measure_peak(tuple(args.sizes), args.repeats, args.dtype)
   bc.emit({'bench': 'measure_peak', **out, 'wall_s': time.perf_counter() - t0,
-           'loadavg_start': None, **bc.env_info()})
+           'loadavg_start': load0, **bc.env_info()})
 
 
 if __name__ == '__main__':

@@ -31,10 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from alignlab import imdb_stages as st
-from alignlab.config import ModelConfig, OptimizerConfig, SamplingConfig, to_dict
+from alignlab import plots, runs
+from alignlab.config import ModelConfig, OptimizerConfig, to_dict
 from alignlab.data import imdb
 from alignlab.data.cache import cache_root
-from alignlab.data.pairs import left_pad_prompts
 from alignlab.data.tokenizer import TokenizerConfig
 from alignlab.sampling import sample
 from alignlab.sweep import SweepBatches, fit_sweep, run_state
@@ -43,8 +43,8 @@ from alignlab.train import reward_model as rm
 from alignlab.train.rollout import RewardModel, from_token_lists, rollout
 
 VARIANTS = ('tiny', 'quick', 'paper')
-COLUMNS = ('method', 'param', 'value', 'seed', 'step', 'gold_reward', 'gold_stderr', 'kl',
-           'kl_stderr', 'kl_k1', 'kl_k3', 'proxy_reward', 'j_beta', 'eos_fraction')
+BEST_BY = ('objective', 'max')
+EXPERIMENT = 'imdb_frontier'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +71,7 @@ class ImdbFrontierConfig:
   ppo_kl_coef: float = 0.05  # initial β of the adaptive controller
   ppo_kl_horizon: float = 2000.0  # episodes (Ziegler et al. 2019 use 10k at larger batch)
   rl_beta: float = 0.05  # fixed β of PPO-GT, RLOO and GRPO
+  ppo_eval_every: int = 0  # 0: eval_every
   bon_ns: tuple[int, ...] = (1, 2, 4, 8, 16)
   # Evaluation.
   eval_every: int = 25
@@ -81,7 +82,8 @@ class ImdbFrontierConfig:
 
 def get_config(variant: str = 'quick') -> ImdbFrontierConfig:
   if variant not in VARIANTS:
-    raise ValueError(f'unknown variant {variant!r}; known: {", ".join(VARIANTS)}')
+    from alignlab.experiment import unknown_variant
+    raise unknown_variant(variant, VARIANTS)
   if variant == 'tiny':
     task = st.ImdbTaskConfig(
         data=imdb.ImdbConfig(max_docs=300), tokenizer=TokenizerConfig(vocab_size=384),
@@ -90,12 +92,17 @@ def get_config(variant: str = 'quick') -> ImdbFrontierConfig:
         pairs=st.PairsStageConfig(n_prompts=64, max_new_tokens=12, batch_size=16, heldout_fraction=0.2),
         reward_model=st.RewardModelConfig(steps=6, batch_size=8, eval_every=3, n_normalize_prompts=64))
     return ImdbFrontierConfig(
-        task=task, steps=4, batch_size=8, dpo_betas=(0.1, 1.0), unlikelihood_alphas=(0.5,),
-        other_losses=(('ipo', 0.1),), ppo_kl_targets=(6.0,), ppo_gt=True, rloo_grpo=False,
+        task=task, steps=4, batch_size=8, dpo_betas=(0.1, 1.0), unlikelihood_alphas=(),
+        other_losses=(), ppo_kl_targets=(6.0,), ppo_gt=False, rloo_grpo=False,
         ppo_iterations=2, ppo_prompts=8, bon_ns=(1, 4), eval_every=2, n_eval_prompts=64)
   if variant == 'quick':
-    return ImdbFrontierConfig(other_losses=(('ipo', 0.1), ('simpo', 2.0)), ppo_kl_targets=(3.0, 9.0),
-                              rloo_grpo=False)
+    # Sized for ≤ 10 min on 2 shared CPU cores: a subset of the paper's sweeps.
+    task = st.ImdbTaskConfig(
+        sft=st.SftConfig(steps=200, optimizer=OptimizerConfig(learning_rate=3e-3, schedule='cosine',
+                                                               warmup_steps=20, total_steps=200)),
+        reward_model=st.RewardModelConfig(steps=150))
+    return ImdbFrontierConfig(task=task, steps=100, unlikelihood_alphas=(0.1, 1.0), other_losses=(('ipo', 0.1),),
+                              ppo_kl_targets=(3.0, 9.0), rloo_grpo=False, ppo_iterations=40, ppo_eval_every=10)
   task = st.ImdbTaskConfig(
       tokenizer=TokenizerConfig(vocab_size=8192),
       model=ModelConfig(vocab_size=8192, max_seq_len=128, d_model=256, n_layers=4, n_heads=4),
@@ -154,23 +161,26 @@ class Evaluator:
 
 def _point(gold_B, kl_B, k1_B, k3_B, proxy_B, beta: float, eos_fraction: float) -> dict:
   n = len(gold_B)
-  return {'gold_reward': float(gold_B.mean()), 'gold_stderr': float(gold_B.std(ddof=1) / math.sqrt(n)),
+  return {'gold_reward': float(gold_B.mean()), 'gold_reward_stderr': float(gold_B.std(ddof=1) / math.sqrt(n)),
           'kl': float(kl_B.mean()), 'kl_stderr': float(kl_B.std(ddof=1) / math.sqrt(n)),
           'kl_k1': float(k1_B.mean()), 'kl_k3': float(k3_B.mean()), 'proxy_reward': float(proxy_B.mean()),
-          'j_beta': float(gold_B.mean() - beta * kl_B.mean()), 'eos_fraction': eos_fraction}
+          'objective': float(gold_B.mean() - beta * kl_B.mean()), 'beta': beta, 'eos_fraction': eos_fraction}
 
 
 # ---------------------------------------------------------------------------------------------
 # Methods
 
 
-def _run_name(method: str, param: str, value: float, seed: int) -> str:
-  return f'{method}_{param}{value:g}_s{seed}' if param else f'{method}_s{seed}'
+def _run_config(cfg: ImdbFrontierConfig, method: str, loss_name: str | None) -> dict:
+  return {'method': method, 'loss': loss_name, 'steps': cfg.steps, 'batch_size': cfg.batch_size,
+          'optimizer': to_dict(cfg.optimizer), 'ppo_iterations': cfg.ppo_iterations,
+          'ppo': [cfg.ppo_lr, cfg.ppo_prompts, cfg.ppo_kl_coef, cfg.ppo_kl_horizon, cfg.rl_beta, cfg.ppo_eval_every],
+          'eval': [cfg.eval_every, cfg.n_eval_prompts, cfg.eval_seed], 'task': to_dict(cfg.task)}
 
 
 def _preference_sweep(cfg, task, evaluator, out_dir: Path, method: str, loss_name: str | None,
-                      param: str, runs: list[tuple[float, int]], arrays: dict, progress: bool) -> list[dict]:
-  """R runs of one loss (hparam value, seed) as one vmapped program; returns their run dirs' metadata."""
+                      param: str, runs_: list[tuple[float, int]], arrays: dict, progress: bool) -> None:
+  """R runs of one loss, (hparam value, seed) each, as one vmapped program (`sweep.fit_sweep`)."""
   graphdef, ref_params = task.sft.graphdef, task.sft.params
   p = task.cfg.prompt_len
   if loss_name is None:  # Preferred-FT: NLL of the chosen responses
@@ -178,41 +188,34 @@ def _preference_sweep(cfg, task, evaluator, out_dir: Path, method: str, loss_nam
     hparams: dict[str, Any] = {}
   else:
     loss_fn = preference.make_loss_fn(graphdef, loss_name, prompt_len=p)
-    hparams = {param: [v for v, _ in runs]}
-  meta = [{'method': method, 'param': param, 'value': v, 'seed': s,
-           'run_dir': out_dir / 'runs' / _run_name(method, param, v, s)} for v, s in runs]
-  configs = [{'experiment': 'imdb_frontier', 'method': method, 'loss': loss_name, 'param': param, 'value': v,
-              'seed': s, 'steps': cfg.steps, 'batch_size': cfg.batch_size, 'optimizer': to_dict(cfg.optimizer),
-              'task': to_dict(task.cfg)} for v, s in runs]
-  if all(_finished(m['run_dir'], cfg.steps) for m in meta):
-    return meta
+    hparams = {param: [v for v, _ in runs_]}
+  config = _run_config(cfg, method, loss_name)
+  dirs = [runs.prepare_run(out_dir, method, {param: v} if param else {}, s, config, experiment=EXPERIMENT)
+          for v, s in runs_]
+  if all(runs.is_complete(d) for d in dirs):
+    return
+  t0 = time.perf_counter()
 
   def eval_fn(state_R, step):
     del step
-    return [evaluator(run_state(state_R['params'], r)) for r in range(len(runs))]
+    return [evaluator(run_state(state_R['params'], r)) for r in range(len(runs_))]
 
-  fit_sweep(loss_fn, ref_params, SweepBatches(arrays, cfg.batch_size, [s for _, s in runs]), hparams,
-            optimizer=cfg.optimizer, n_steps=cfg.steps, run_dirs=[m['run_dir'] for m in meta],
-            configs=configs, shared={'ref_params': ref_params} if loss_name == 'kto' else None,
+  fit_sweep(loss_fn, ref_params, SweepBatches(arrays, cfg.batch_size, [s for _, s in runs_]), hparams,
+            optimizer=cfg.optimizer, n_steps=cfg.steps, run_dirs=dirs, configs=[config] * len(dirs),
+            shared={'ref_params': ref_params} if loss_name == 'kto' else None,
             mesh=task.mesh, eval_fn=eval_fn, eval_every=cfg.eval_every, desc=method, progress=progress)
-  return meta
-
-
-def _finished(run_dir: Path, n_steps: int) -> bool:
-  path = run_dir / 'eval.jsonl'
-  if not path.exists():
-    return False
-  steps = [json.loads(line)['step'] for line in path.read_text().splitlines() if line.strip()]
-  return bool(steps) and max(steps) >= n_steps
+  for d in dirs:
+    runs.mark_complete(d, wall_s=time.perf_counter() - t0, vectorized_with=len(dirs))
 
 
 def _rl_run(cfg, task, evaluator, out_dir: Path, method: str, param: str, value: float, seed: int,
-            progress: bool) -> dict:
+            progress: bool) -> None:
   from alignlab.train import ppo as ppo_mod
-  run_dir = out_dir / 'runs' / _run_name(method, param, value, seed)
-  meta = {'method': method, 'param': param, 'value': value, 'seed': seed, 'run_dir': run_dir}
-  if _finished(run_dir, cfg.ppo_iterations):
-    return meta
+  run_dir = runs.prepare_run(out_dir, method, {param: value}, seed, _run_config(cfg, method, None),
+                             experiment=EXPERIMENT)
+  if runs.is_complete(run_dir):
+    return
+  t0 = time.perf_counter()
   algorithm = {'ppo': 'ppo', 'ppo_gt': 'ppo', 'rloo': 'rloo', 'grpo': 'grpo'}[method]
   adaptive = method == 'ppo'
   k = 1 if algorithm == 'ppo' else 4
@@ -232,34 +235,33 @@ def _rl_run(cfg, task, evaluator, out_dir: Path, method: str, param: str, value:
 
   gold_fn = evaluator.gold_fn
   reward = gold_fn if method == 'ppo_gt' else evaluator.reward
-  model_cfg = st._model_cfg(task.cfg, task.tokenizer)
   value_model = None
   if algorithm == 'ppo':
-    value_model = ppo_mod.init_value_model(model_cfg, task.mesh, jax.random.key(seed),
-                                           reward_params=task.reward_model.params if method == 'ppo' else None,
-                                           policy_params=task.sft.params if method == 'ppo_gt' else None,
-                                           zero_head=method == 'ppo_gt')
+    # PPO's value function starts from the RM (Huang et al. 2024); PPO-GT has no RM, so from
+    # the policy's backbone with a zero head.
+    value_model = ppo_mod.init_value_model(
+        st.model_config(task.cfg, task.tokenizer), task.mesh, jax.random.key(seed),
+        reward_params=task.reward_model.params if method == 'ppo' else None,
+        policy_params=task.sft.params if method == 'ppo_gt' else None, zero_head=method == 'ppo_gt')
   ppo_mod.train_ppo(pcfg, (task.sft.graphdef, task.sft.params), task.sft.params, reward, prompts_fn, run_dir,
                     value=value_model, gold=gold_fn if method != 'ppo_gt' else None,
-                    eval_fn=lambda state, step: evaluator(state['policy']), eval_every=cfg.eval_every,
+                    eval_fn=lambda state, step: evaluator(state['policy']), eval_every=cfg.ppo_eval_every or cfg.eval_every,
                     mesh=task.mesh, progress=progress, config={'method': method, param: value})
-  return meta
+  runs.mark_complete(run_dir, wall_s=time.perf_counter() - t0)
 
 
-def _rows_of(meta: dict) -> list[dict]:
-  path = Path(meta['run_dir']) / 'eval.jsonl'
-  rows = []
-  for line in path.read_text().splitlines():
-    if line.strip():
-      record = json.loads(line)
-      rows.append({**{k: meta[k] for k in ('method', 'param', 'value', 'seed')}, **record})
-  return rows
+def _single_point(cfg, out_dir: Path, method: str, hparams: dict, point_fn) -> None:
+  """A method with no training (π_ref itself, Best-of-N): one evaluation point at step 0."""
+  run_dir = runs.prepare_run(out_dir, method, hparams, 0, _run_config(cfg, method, None), experiment=EXPERIMENT)
+  if not runs.is_complete(run_dir):
+    runs.write_jsonl(run_dir / 'eval.jsonl', [{'step': 0, **point_fn()}])
+    runs.mark_complete(run_dir)
 
 
 def run(cfg: ImdbFrontierConfig, out_dir: str | Path, progress: bool = True):
-  """Builds (or reuses) the stages, trains and evaluates every method, writes `results.csv`,
-  `frontier.png` and `stages.json` in `out_dir`; returns the results table."""
-  import pandas as pd
+  """Builds (or reuses) the stages, trains and evaluates every method (complete runs are
+  skipped, partial ones resume), writes `results.csv`, `frontier.png` and `stages.json` in
+  `out_dir`; returns the results table (`runs.collect_results`)."""
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   if not jax.config.jax_compilation_cache_dir:
@@ -271,44 +273,38 @@ def run(cfg: ImdbFrontierConfig, out_dir: str | Path, progress: bool = True):
   task = st.build_task(cfg.task, progress=progress)
   timings = {'stages_s': time.perf_counter() - t0}
   evaluator = Evaluator(cfg, task)
+  _single_point(cfg, out_dir, 'sft', {}, lambda: evaluator(task.sft.params))
   p = task.cfg.prompt_len
   arrays = {k: v for k, v in task.pairs.train.items() if k.endswith(('_tokens', '_mask'))}
   arrays = preference.reference_logps(task.sft.graphdef, task.sft.params, arrays, prompt_len=p)
-  metas: list[dict] = []
-  rows: list[dict] = [{'method': 'sft', 'param': '', 'value': float('nan'), 'seed': 0, 'step': 0,
-                       **evaluator(task.sft.params)}]
   sweeps = [('dpo', 'dpo', 'beta', cfg.dpo_betas), ('unlikelihood', 'unlikelihood', 'alpha', cfg.unlikelihood_alphas)]
   sweeps += [(name, name, 'lambda_' if name == 'orpo' else 'beta', (b,)) for name, b in cfg.other_losses]
   for method, loss_name, param, values in sweeps:
     if values:
-      runs = [(float(v), s) for v in values for s in cfg.seeds]
-      metas += _preference_sweep(cfg, task, evaluator, out_dir, method, loss_name, param, runs, arrays, progress)
+      runs_ = [(float(v), s) for v in values for s in cfg.seeds]
+      _preference_sweep(cfg, task, evaluator, out_dir, method, loss_name, param, runs_, arrays, progress)
   if cfg.preferred_ft:
     chosen = {k: arrays[k] for k in ('chosen_tokens', 'chosen_attention_mask', 'chosen_response_mask')}
-    metas += _preference_sweep(cfg, task, evaluator, out_dir, 'preferred_ft', None, '',
-                               [(float('nan'), s) for s in cfg.seeds], sft.chosen_as_sft(chosen), progress)
+    _preference_sweep(cfg, task, evaluator, out_dir, 'preferred_ft', None, '',
+                      [(float('nan'), s) for s in cfg.seeds], sft.chosen_as_sft(chosen), progress)
   timings['offline_s'] = time.perf_counter() - t0 - timings['stages_s']
   rl = [('ppo', 'kl_target', t) for t in cfg.ppo_kl_targets]
   rl += [('ppo_gt', 'beta', cfg.rl_beta)] if cfg.ppo_gt else []
   rl += [('rloo', 'beta', cfg.rl_beta), ('grpo', 'beta', cfg.rl_beta)] if cfg.rloo_grpo else []
   for method, param, value in rl:
     for seed in cfg.seeds:
-      metas.append(_rl_run(cfg, task, evaluator, out_dir, method, param, value, seed, progress))
+      _rl_run(cfg, task, evaluator, out_dir, method, param, value, seed, progress)
   timings['online_s'] = time.perf_counter() - t0 - timings['stages_s'] - timings['offline_s']
-  for meta in metas:
-    rows += _rows_of(meta)
   for n in cfg.bon_ns:
-    rows.append({'method': 'best_of_n', 'param': 'n', 'value': float(n), 'seed': 0, 'step': 0,
-                 **evaluator.best_of_n(n)})
-  df = pd.DataFrame(rows)
-  df = df[list(COLUMNS) + [c for c in df.columns if c not in COLUMNS]]
+    _single_point(cfg, out_dir, 'best_of_n', {'n': n}, lambda n=n: evaluator.best_of_n(n))
+  df = runs.collect_results(out_dir)
   df.to_csv(out_dir / 'results.csv', index=False)
   timings['total_s'] = time.perf_counter() - t0
   (out_dir / 'stages.json').write_text(json.dumps(
       {'from_cache': task.from_cache, 'reward_model': task.reward_model.metrics,
        'pairs': dataclasses.asdict(task.pairs.dataset.stats), 'timings': timings,
        'config': to_dict(cfg)}, indent=2, default=str))
-  plot_frontier(df, out_dir / 'frontier.png')
+  plot(df, out_dir)
   return df
 
 
@@ -316,40 +312,21 @@ def run(cfg: ImdbFrontierConfig, out_dir: str | Path, progress: bool = True):
 # Outputs
 
 
-def plot_frontier(df, path: str | Path) -> Path:
-  """Reward vs sequence-level KL, one point per evaluation (the DPO paper's Fig. 2 left)."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  markers = {'dpo': 'o', 'ppo': 's', 'ppo_gt': 'D', 'unlikelihood': 'v', 'preferred_ft': '^',
-             'best_of_n': '*', 'sft': 'X'}
-  for method, group in df.groupby('method', sort=False):
-    group = group[np.isfinite(group['kl']) & np.isfinite(group['gold_reward'])]
-    ax.scatter(group['kl'], group['gold_reward'], s=22 if method != 'sft' else 60, alpha=0.8,
-               marker=markers.get(method, 'P'), label=method)
-  ax.set_xlabel('KL(π ‖ π_ref), nats per sequence (Σ exact per-token KL)')
-  ax.set_ylabel('gold reward (VADER, held-out prompts)')
-  ax.set_title('IMDb sentiment: reward vs KL frontier')
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8, ncol=2)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return Path(path)
+def plot(df, out_dir: str | Path) -> list[Path]:
+  """The reward–KL frontier (the DPO paper's Fig. 2 left): each evaluation a point."""
+  return [plots.plot_frontier(df, Path(out_dir) / 'frontier.png',
+                              title='IMDb sentiment: gold (VADER) reward vs Σ-token exact KL')]
 
 
-def summary(df):
-  """The last evaluation of each run, averaged over seeds: the table printed after a run."""
-  last = df.sort_values('step').groupby(['method', 'param', 'value', 'seed'], dropna=False).tail(1)
-  cols = ['gold_reward', 'gold_stderr', 'kl', 'kl_k1', 'kl_k3', 'proxy_reward', 'j_beta']
-  return last.groupby(['method', 'param', 'value'], dropna=False, sort=False)[cols].mean().reset_index()
+def summary(df) -> str:
+  """Per method, its best evaluation point by J_β (means over seeds): the printed table."""
+  return runs.format_table(runs.best_points(df, *BEST_BY))
 
 
 if __name__ == '__main__':
   import sys
   variant = sys.argv[1] if len(sys.argv) > 1 else 'quick'
-  out = Path(sys.argv[2] if len(sys.argv) > 2 else f'runs/imdb_frontier_{variant}')
+  out = Path(sys.argv[2] if len(sys.argv) > 2 else f'runs/imdb_frontier-{variant}')
   frame = run(get_config(variant), out)
-  print(summary(frame).to_string(index=False, float_format=lambda x: f'{x:.3f}'))
+  print(summary(frame))
   print(f'plot: {out / "frontier.png"}')

@@ -17,7 +17,7 @@
 
 # %% tags=["parameters"]
 VARIANT = 'tiny'
-RUN_DIR = None  # defaults to runs/imdb_frontier_<VARIANT>
+RUN_DIR = None  # default: runs/imdb_frontier-<VARIANT> ($ALIGNLAB_RUNS)
 
 # %%
 from pathlib import Path
@@ -26,13 +26,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from experiments import imdb_frontier
+from alignlab import experiment, runs
 
-run_dir = Path(RUN_DIR or f'runs/imdb_frontier_{VARIANT}')
-if (run_dir / 'results.csv').exists():
-  df = pd.read_csv(run_dir / 'results.csv')
-else:
-  df = imdb_frontier.run(imdb_frontier.get_config(VARIANT), run_dir, progress=False)
+run_dir = Path(RUN_DIR) if RUN_DIR else experiment.default_out_dir('imdb_frontier', VARIANT)
+if not (run_dir / 'results.csv').exists():
+  experiment.run_experiment('imdb_frontier', VARIANT, out_dir=run_dir, progress=False)
+df = experiment.load_results(run_dir)
 ref = df[df['method'] == 'sft'].iloc[0]
 
 

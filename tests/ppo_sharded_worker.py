@@ -16,6 +16,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+if os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+  jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
 from alignlab import sharding  # noqa: E402
 from alignlab.config import MeshConfig, ModelConfig, OptimizerConfig, SamplingConfig  # noqa: E402
 from alignlab.heads import CausalLM  # noqa: E402
@@ -23,7 +27,7 @@ from alignlab.sampling import SampleOutput  # noqa: E402
 from alignlab.train import ppo  # noqa: E402
 from alignlab.train.rollout import evaluate_samples  # noqa: E402
 
-CFG = ModelConfig(vocab_size=64, max_seq_len=16, d_model=32, n_layers=2, n_heads=4, d_ff=64)
+CFG = ModelConfig(vocab_size=64, max_seq_len=16, d_model=32, n_layers=1, n_heads=4, d_ff=64)
 P, R, B = 5, 7, 16
 
 

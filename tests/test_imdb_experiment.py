@@ -18,13 +18,13 @@ def test_tiny_end_to_end_then_reuses_stages(tmp_path):
   cfg = exp.get_config('tiny')
   df = exp.run(cfg, tmp_path / 'run1', progress=False)
   csv = exp_pd_read(tmp_path / 'run1' / 'results.csv')
-  expected = {'sft', 'dpo', 'unlikelihood', 'preferred_ft', 'ipo', 'ppo', 'ppo_gt', 'best_of_n'}
+  expected = {'sft', 'dpo', 'preferred_ft', 'ppo', 'best_of_n'}
   assert expected <= set(csv['method'])
-  for col in ('gold_reward', 'gold_stderr', 'kl', 'kl_k1', 'kl_k3', 'proxy_reward', 'j_beta'):
+  for col in ('gold_reward', 'gold_reward_stderr', 'kl', 'kl_k1', 'kl_k3', 'proxy_reward', 'objective'):
     assert np.all(np.isfinite(csv[col].to_numpy(float))), col
-  assert set(csv[csv['method'] == 'dpo']['value']) == set(cfg.dpo_betas)
+  assert set(csv[csv['method'] == 'dpo']['hparam_value']) == set(cfg.dpo_betas)
   # Each trained run has its step-0 point, its intermediate points and its last step.
-  dpo = csv[(csv['method'] == 'dpo') & (csv['value'] == cfg.dpo_betas[0])]
+  dpo = csv[(csv['method'] == 'dpo') & (csv['hparam_value'] == cfg.dpo_betas[0])]
   assert sorted(dpo['step']) == sorted(set(range(0, cfg.steps + 1, cfg.eval_every)) | {cfg.steps})
   # The exact KL is non-negative, and zero for π_ref itself and at step 0.
   assert (csv['kl'] >= -1e-5).all()
@@ -34,10 +34,16 @@ def test_tiny_end_to_end_then_reuses_stages(tmp_path):
   first = json.loads((tmp_path / 'run1' / 'stages.json').read_text())['from_cache']
   assert not any(first.values()), first
 
-  # A second experiment in another directory trains no stage again.
-  exp.run(cfg, tmp_path / 'run2', progress=False)
-  second = json.loads((tmp_path / 'run2' / 'stages.json').read_text())['from_cache']
+  # Run again: no stage is trained again, and finished runs are not retrained (their
+  # checkpoints' step stays, their eval.jsonl gains no line).
+  evals = {p: p.read_text() for p in (tmp_path / 'run1').glob('*/eval.jsonl')}
+  # sft, the dpo runs, preferred_ft, ppo, best_of_n per N
+  assert len(evals) == 1 + len(cfg.dpo_betas) + 2 + len(cfg.bon_ns)
+  again = exp.run(cfg, tmp_path / 'run1', progress=False)
+  second = json.loads((tmp_path / 'run1' / 'stages.json').read_text())['from_cache']
   assert all(second.values()), second
+  assert {p: p.read_text() for p in evals} == evals
+  np.testing.assert_allclose(again['gold_reward'].to_numpy(float), csv['gold_reward'].to_numpy(float))
 
 
 def exp_pd_read(path):

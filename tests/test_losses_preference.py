@@ -155,7 +155,7 @@ CASES = [
 NAMED_CASES = [(case, name, hp) for case, name, hp in CASES]
 # The invariance tests exercise the reduction, which every variant of a loss shares: one case
 # per loss keeps them fast.
-ONE_PER_LOSS = [case for case in NAMED_CASES if case[0] in PREFERENCE_LOSSES]
+ONE_PER_LOSS = [case for case in NAMED_CASES if case[0] in BUILT_IN]
 
 
 def grad_keys(name: str) -> tuple[str, str]:

@@ -1,0 +1,206 @@
+"""`alignlab`: run experiments, evaluate runs, plot results.
+
+    alignlab run EXPERIMENT [--variant V] [--set key=value ...] [--out DIR] [--quiet]
+    alignlab eval RUN_DIR [--recompute]
+    alignlab plot RESULTS [--out FILE] [--method M ...] [--kind frontier|gap|win_rate]
+    alignlab list
+
+A mistake the user can fix (an unknown experiment, variant or --set key, a run dir without
+results, a plot with nothing to plot) is one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EPILOG = """examples:
+  alignlab list
+  alignlab run exact_frontier --variant tiny
+  alignlab run exact_frontier --variant quick --set train.steps=200 --set methods.dpo_betas=[0.1,1.0]
+  alignlab run path/to/my_experiment.py --variant tiny --out runs/mine
+  alignlab eval runs/exact_frontier-quick/dpo-beta0.1-seed0 --recompute
+  alignlab plot runs/exact_frontier-quick/results.csv --method dpo --method best_of_n --out dpo.png
+
+Run directories: OUT/<method>-<hparam><value>-seed<k>/ with config.json, metrics.jsonl,
+eval.jsonl and checkpoints/; OUT/results.csv is the tidy table of every evaluation point.
+Running the same command again resumes: complete runs are skipped, partial ones continue
+from their checkpoints. Shared stages (π_ref, pairs, reward model) are cached under
+$ALIGNLAB_CACHE (default OUT/cache). Default OUT: $ALIGNLAB_RUNS/<experiment>-<variant>
+($ALIGNLAB_RUNS defaults to ./runs)."""
+
+
+class UsageError(Exception):
+  """A one-line error for the user; exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+
+  def error(self, message: str):
+    raise UsageError(f'{message} (see `{self.prog} --help`)')
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = _Parser(
+      prog='alignlab', epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+      description='Measure how well RLHF (reward model + PPO) and DPO optimize '
+                  'J_β(π) = E[r] − β·KL(π‖π_ref).')
+  sub = parser.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
+  run = sub.add_parser('run', help='run (or resume) an experiment',
+                       description='Run or resume an experiment; prints the plot path and the '
+                                   'best point per method.', epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+  run.add_argument('experiment', help='a name in experiments/ (see `alignlab list`) or a .py file')
+  run.add_argument('--variant', default='quick', help='tiny | quick | paper (default: quick)')
+  run.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
+                   help='override a config field, e.g. --set train.steps=100 (repeatable)')
+  run.add_argument('--out', type=Path, default=None, help='output directory')
+  run.add_argument('--quiet', action='store_true', help='no progress bars')
+  ev = sub.add_parser('eval', help="show (or recompute) a run's evaluation",
+                      description='Print the evaluation points of a run dir (or the best points '
+                                  'of an experiment dir).')
+  ev.add_argument('run_dir', type=Path)
+  ev.add_argument('--recompute', action='store_true',
+                  help="re-evaluate the run's latest checkpoint with its experiment")
+  plot = sub.add_parser('plot', help='plot a results table',
+                        description='Plot results.csv (or an experiment dir).')
+  plot.add_argument('results', type=Path, help='results.csv or an experiment output dir')
+  plot.add_argument('--out', type=Path, default=None, help='PNG file (default: beside RESULTS)')
+  plot.add_argument('--method', action='append', default=[], help='only these methods (repeatable)')
+  plot.add_argument('--kind', default='frontier', choices=('frontier', 'gap', 'win_rate'))
+  sub.add_parser('list', help='list experiments and their variants')
+  return parser
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_list() -> int:
+  from alignlab import experiment
+  found = experiment.list_experiments()
+  if not found:
+    print('no experiments found in ' + ', '.join(map(str, experiment.experiments_dirs())))
+  for name, variants in found.items():
+    print(f'{name:24s} variants: {", ".join(variants)}')
+  return 0
+
+
+def cmd_run(args) -> int:
+  from alignlab import experiment
+  result = experiment.run_experiment(args.experiment, args.variant, args.overrides, args.out,
+                                     progress=not args.quiet)
+  print(f'\nbest point per method ({result.results_csv}):')
+  print(result.table)
+  for path in result.plots:
+    print(f'plot: {path}')
+  return 0
+
+
+def _experiment_of(run_dir: Path):
+  from alignlab import experiment
+  record_path = run_dir.parent / 'experiment.json'
+  if not record_path.exists():
+    raise UsageError(f'{run_dir.parent} has no experiment.json: cannot tell which experiment '
+                     'made this run')
+  record = json.loads(record_path.read_text())
+  module = experiment.load_experiment(record['experiment'])
+  return module, experiment.make_config(module, record['variant'], record.get('overrides', []))
+
+
+def cmd_eval(args) -> int:
+  from alignlab import experiment, runs
+  run_dir = args.run_dir
+  if not run_dir.is_dir():
+    raise UsageError(f'{run_dir} is not a directory')
+  points = runs.read_jsonl(run_dir / 'eval.jsonl')
+  if not points and not (run_dir / 'config.json').exists():
+    if runs.run_dirs(run_dir):
+      df = experiment.load_results(run_dir)
+      print(experiment.summary(None, df))
+      return 0
+    raise UsageError(f'{run_dir} holds no evaluation results (no eval.jsonl, no run dirs); '
+                     'a run dir is OUT/<method>-<hparam><value>-seed<k>/')
+  if args.recompute:
+    module, cfg = _experiment_of(run_dir)
+    if not hasattr(module, 'evaluate_run'):
+      raise UsageError(f'experiment {module.__name__} cannot re-evaluate runs (no evaluate_run)')
+    row = module.evaluate_run(cfg, run_dir)
+    print(json.dumps(row, indent=1))
+    return 0
+  if not points:
+    raise UsageError(f'{run_dir} has no evaluation results yet (eval.jsonl is missing or '
+                     'empty); run its experiment first')
+  import pandas as pd
+  columns = [c for c in ('step', 'gold_reward', 'gold_reward_stderr', 'kl', 'kl_k1', 'kl_k3',
+                         'objective', 'beta', 'gap', 'gap_fraction', 'proxy_reward')
+             if any(c in p for p in points)]
+  print(f'{run_dir.name}: {len(points)} evaluation points'
+        + (' (complete)' if runs.is_complete(run_dir) else ' (not complete)'))
+  print(pd.DataFrame(points)[columns].to_string(index=False, float_format=lambda v: f'{v:.4g}'))
+  win = runs.read_jsonl(run_dir / 'win_rate.jsonl')
+  if win:
+    print('win rate vs π_ref: ' + ', '.join(f'T={w["temperature"]:g}: {w["win_rate"]:.3f}' for w in win))
+  return 0
+
+
+def cmd_plot(args) -> int:
+  import pandas as pd
+  from alignlab import experiment, plots
+  base = args.results if args.results.is_dir() else args.results.parent
+  if args.kind == 'win_rate':
+    path = base / 'win_rates.csv'
+    if not path.exists():
+      raise UsageError(f'no win rates at {path}')
+    df = pd.read_csv(path)
+  else:
+    df = experiment.load_results(args.results)
+  if not len(df):
+    raise UsageError(f'{args.results} has no evaluation points to plot')
+  methods = sorted(df['method'].dropna().unique())
+  if args.method:
+    df = df[df['method'].isin(args.method)]
+    if not len(df):
+      raise UsageError(f'no runs of {", ".join(args.method)} in {args.results}; methods there: '
+                       f'{", ".join(methods)}')
+  out = args.out or base / f'{args.kind}.png'
+  if args.kind == 'frontier':
+    frontier_csv = base / 'frontier.csv'
+    frontier = pd.read_csv(frontier_csv) if frontier_csv.exists() else None
+    path = plots.plot_frontier(df, out, frontier)
+  elif args.kind == 'gap':
+    if df['gap_fraction'].isna().all():
+      raise UsageError(f'{args.results} has no gap (only the exact task computes it)')
+    path = plots.plot_gap(df, out)
+  else:
+    path = plots.plot_win_rates(df, out)
+  print(f'plot: {path}')
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  from alignlab.config import ConfigError
+  from alignlab.experiment import ExperimentError
+  from alignlab.runs import RunDirError
+  parser = build_parser()
+  try:
+    args = parser.parse_args(argv)
+    if args.command is None:
+      parser.print_help()
+      return 2
+    if args.command == 'list':
+      return cmd_list()
+    return {'run': cmd_run, 'eval': cmd_eval, 'plot': cmd_plot}[args.command](args)
+  except (UsageError, ExperimentError, ConfigError, RunDirError) as e:
+    message = ' '.join(str(e).split())  # one line, whatever the message held
+    print(f'alignlab: error: {message}', file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print('alignlab: interrupted; run the same command again to resume', file=sys.stderr)
+    return 130
+
+
+if __name__ == '__main__':
+  sys.exit(main())
