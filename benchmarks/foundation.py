@@ -84,7 +84,7 @@ def main():
                         str(args.sampler_batch), '--repeats', str(args.repeats), '--config',
                         args.config, '--dtype', args.dtype], capture_output=True, text=True, check=True)
   samp = json.loads(out.stdout.strip().splitlines()[-1])
-  bc.emit({'bench': 'foundation', 'config': args.config, 'dtype': args.dtype, 'train_step': train,
+  bc.emit({'bench': 'foundation', 'argv': ['.venv/bin/python', 'benchmarks/foundation.py'] + sys.argv[1:], 'config': args.config, 'dtype': args.dtype, 'train_step': train,
            'sampler': {k: samp[k] for k in ('batch', 'new_tokens_per_s_stats', 'compile_s')},
            'peak_gflops': peak, 'loadavg_start': load0, **bc.env_info()})
 

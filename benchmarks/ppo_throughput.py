@@ -87,7 +87,8 @@ def main() -> None:
       'ppo_epochs': args.epochs, 'num_minibatches': args.minibatches,
       'timed_iterations': args.iters,
       'rollout_tokens_per_s_sampling': response_tokens / mean['sample'],
-      'rollout_tokens_per_s_sampling_and_scoring': response_tokens / (mean['sample'] + mean['score']),
+      'rollout_tokens_per_s_sampling_and_scoring':
+          response_tokens / (mean['sample'] + mean['score']),
       'ppo_iterations_per_s': 1.0 / mean['total'],
       'seconds': mean,
       'fraction': {k: mean[k] / mean['total'] for k in ('sample', 'score', 'update')},

@@ -35,7 +35,7 @@ RL_METHODS = ('ppo', 'ppo_gt', 'rloo', 'grpo')
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
-  iterations: int = 100
+  iterations: int = 80
   rollouts_per_prompt: int = 32  # sequences per prompt and iteration
   group_size: int = 4  # k samples per prompt for rloo / grpo
   learning_rate: float = 1e-3
@@ -119,39 +119,66 @@ def _log(progress: bool, message: str) -> None:
     print(f'[exact_frontier] {message}', file=sys.stderr, flush=True)
 
 
+def hparam_values(cfg, name: str) -> tuple[str, tuple[float, ...]]:
+  m = cfg.methods
+  return ('kl_target', m.ppo_kl_targets) if name == 'ppo' else ('beta', m.rl_betas)
+
+
+def objective_beta(cfg, name: str, value: float) -> float:
+  """The β of J_β: the fixed KL coefficient, or eval_beta under the adaptive controller."""
+  return cfg.methods.eval_beta if name == 'ppo' else value
+
+
+def components(cfg, s, name: str, value: float, seed: int):
+  """(PPOConfig, training reward, value model or None) of one run."""
+  from alignlab.train import ppo
+  from alignlab.train.rollout import RewardModel, exact_task_reward
+  algorithm = 'ppo' if name in ('ppo', 'ppo_gt') else name
+  pcfg = _ppo_config(cfg.rl, cfg.task, algorithm=algorithm, kl_coef=objective_beta(cfg, name, value),
+                     kl_target=value if name == 'ppo' else None)
+  pcfg = dataclasses.replace(pcfg, seed=seed)
+  if name == 'ppo':
+    rm_graphdef, rm_params = reward_model(s, cfg.rl)
+    return pcfg, RewardModel(rm_graphdef, rm_params), ppo.init_value_model(
+        s.model_cfg, s.mesh, jax.random.key(5), reward_params=rm_params)
+  value_model = (ppo.init_value_model(s.model_cfg, s.mesh, jax.random.key(5),
+                                      policy_params=s.ref_params, zero_head=True)
+                 if algorithm == 'ppo' else None)
+  return pcfg, exact_task_reward(cfg.task), value_model
+
+
+def restore_policy(cfg, s, run: Path, name: str, value: float, seed: int):
+  """(step, policy params) of a run's latest checkpoint."""
+  from alignlab.checkpoint import Checkpointer
+  from alignlab.train import ppo
+  pcfg, _, value_model = components(cfg, s, name, value, seed)
+  template = ppo.init_ppo_state(pcfg, s.ref_params, value_model[1] if value_model else None, s.mesh)
+  ckpt = Checkpointer(run / 'checkpoints', {})
+  step = ckpt.latest_step()
+  if step is None:
+    raise runs.RunDirError(f'{run} has no checkpoint')
+  state = ckpt.restore(template, step)
+  ckpt.close()
+  return step, state['policy']
+
+
 def train(cfg, get_setup, out_dir: Path, name: str, run_config: dict, progress: bool) -> None:
   """Trains (or resumes) every run of one RL method; `get_setup()` gives the shared π_ref,
   pairs and exact evaluation (`experiments/exact_frontier.py`'s `Setup`)."""
   from alignlab.train import ppo
-  from alignlab.train.rollout import RewardModel, exact_task_reward
-  rl = cfg.rl
-  m = cfg.methods
-  hparam, values = ('kl_target', m.ppo_kl_targets) if name == 'ppo' else ('beta', m.rl_betas)
+  from alignlab.train.rollout import exact_task_reward
+  hparam, values = hparam_values(cfg, name)
   for value, seed in itertools.product(values, cfg.seeds):
     run = runs.prepare_run(out_dir, name, {hparam: value}, seed,
-                           {**run_config, 'rl': rl, 'method': name},
+                           {**run_config, 'rl': cfg.rl, 'method': name},
                            experiment='exact_frontier')
     if runs.is_complete(run):
       _log(progress, f'{name} {hparam}={value} seed {seed}: complete, skipped')
       continue
     s = get_setup()
-    beta = value if hparam == 'beta' else m.eval_beta
-    algorithm = 'ppo' if name in ('ppo', 'ppo_gt') else name
-    pcfg = _ppo_config(rl, cfg.task, algorithm=algorithm, kl_coef=beta,
-                       kl_target=value if hparam == 'kl_target' else None)
-    pcfg = dataclasses.replace(pcfg, seed=seed)
-    gold = exact_task_reward(cfg.task)
-    if name == 'ppo':
-      rm_graphdef, rm_params = reward_model(s, rl)
-      reward = RewardModel(rm_graphdef, rm_params)
-      value_model = ppo.init_value_model(s.model_cfg, s.mesh, jax.random.key(5),
-                                         reward_params=rm_params)
-    else:
-      reward = gold
-      value_model = (ppo.init_value_model(s.model_cfg, s.mesh, jax.random.key(5),
-                                          policy_params=s.ref_params, zero_head=True)
-                     if algorithm == 'ppo' else None)
-    rows = max(rl.rollouts_per_prompt // pcfg.samples_per_prompt, 1)
+    beta = objective_beta(cfg, name, value)
+    pcfg, reward, value_model = components(cfg, s, name, value, seed)
+    rows = max(cfg.rl.rollouts_per_prompt // pcfg.samples_per_prompt, 1)
     prompt_B = np.repeat(exact.prompt_tokens(cfg.task), rows)[:, None]
 
     def prompts_fn(step):
@@ -161,9 +188,10 @@ def train(cfg, get_setup, out_dir: Path, name: str, run_config: dict, progress: 
     _log(progress, f'{name} {hparam}={value} seed {seed}')
     t0 = time.time()
     state = ppo.train_ppo(pcfg, (s.graphdef, s.ref_params), s.ref_params, reward, prompts_fn,
-                          run, value=value_model, gold=gold if name == 'ppo' else None,
+                          run, value=value_model,
+                          gold=exact_task_reward(cfg.task) if name == 'ppo' else None,
                           eval_fn=lambda st, step: s.evaluate(st['policy'], beta),
-                          eval_every=rl.eval_every, mesh=s.mesh, progress=progress,
+                          eval_every=cfg.rl.eval_every, mesh=s.mesh, progress=progress,
                           config=json.loads((run / 'config.json').read_text()))
     runs.write_jsonl(run / 'win_rate.jsonl', s.win_rates(state['policy']))
     runs.mark_complete(run, wall_s=time.time() - t0)

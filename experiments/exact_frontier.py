@@ -66,11 +66,18 @@ class PairsConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+  """Training of the preference methods. A decaying schedule with `optimizer.total_steps=0`
+  decays over `steps`: the policies settle instead of wandering at the noise floor."""
   steps: int = 400
-  batch_size: int = 64
+  batch_size: int = 128
   eval_every: int = 50
   save_every: int = 100
-  optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3)
+  optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3, schedule='cosine')
+
+  def resolved_optimizer(self) -> OptimizerConfig:
+    if self.optimizer.schedule != 'constant' and not self.optimizer.total_steps:
+      return dataclasses.replace(self.optimizer, total_steps=self.steps)
+    return self.optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +94,7 @@ class MethodsConfig:
   orpo_lambdas: tuple[float, ...] = (0.1, 1.0)
   unlikelihood_alphas: tuple[float, ...] = (0.1, 1.0)
   best_of_n: tuple[int, ...] = (2, 4, 8, 16, 32, 64, 128)
-  ppo_kl_targets: tuple[float, ...] = (0.5, 1.0, 2.0)
+  ppo_kl_targets: tuple[float, ...] = (1.0, 3.0)
   rl_betas: tuple[float, ...] = (0.3,)
 
 
@@ -116,7 +123,7 @@ def get_config(variant: str) -> ExactFrontierConfig:
         sft=SFTConfig(samples_per_prompt=256, steps=40, batch_size=64, learning_rate=1e-2),
         pairs=PairsConfig(pairs_per_prompt=64, heldout_per_prompt=32),
         train=TrainConfig(steps=12, batch_size=32, eval_every=6, save_every=6,
-                          optimizer=OptimizerConfig(learning_rate=3e-3)),
+                          optimizer=OptimizerConfig(learning_rate=3e-3, schedule='cosine')),
         methods=dataclasses.replace(base.methods, dpo_betas=(0.3, 1.0), ipo_betas=(0.3,),
                                     orpo_lambdas=(0.1,), unlikelihood_alphas=(0.1,),
                                     best_of_n=(2, 8), ppo_kl_targets=(1.0,)),
@@ -127,7 +134,8 @@ def get_config(variant: str) -> ExactFrontierConfig:
     return dataclasses.replace(
         base, sft=SFTConfig(samples_per_prompt=8192, steps=1500),
         pairs=PairsConfig(pairs_per_prompt=8192, heldout_per_prompt=512),
-        train=TrainConfig(steps=2000, batch_size=64, eval_every=100, save_every=200),
+        train=TrainConfig(steps=2000, batch_size=128, eval_every=100, save_every=200),
+        rl=RLConfig(iterations=300),
         methods=dataclasses.replace(base.methods, dpo_betas=(0.05, 0.1, 0.3, 1.0, 3.0),
                                     ipo_betas=(0.1, 0.3, 1.0), cdpo_betas=(0.1, 0.3, 1.0),
                                     kto_betas=(0.1, 0.3, 1.0), unlikelihood_alphas=(0.05, 0.1, 0.5, 1.0),
@@ -407,7 +415,7 @@ def _train_preference(cfg: ExactFrontierConfig, get_setup, out_dir: Path, method
       _loss_fn(s, method), s.ref_params,
       sweep.SweepBatches(s.pairs, cfg.train.batch_size, [seed for *_, seed in pending]),
       sweep.stack_hparams([hp for _, hp, _, _ in pending]) if pending[0][1] else {},
-      optimizer=cfg.train.optimizer, n_steps=cfg.train.steps,
+      optimizer=cfg.train.resolved_optimizer(), n_steps=cfg.train.steps,
       run_dirs=[run for run, *_ in pending],
       configs=[json.loads((run / 'config.json').read_text()) for run, *_ in pending],
       shared={'ref_params': s.ref_params} if method.needs_ref_params else None, mesh=s.mesh,
@@ -479,25 +487,31 @@ def plot(df, out_dir: str | Path) -> list[Path]:
 
 
 def evaluate_run(cfg: ExactFrontierConfig, run_dir: str | Path) -> dict:
-  """Exact evaluation of a run dir's latest checkpoint (or, for Best-of-N, its n)."""
+  """Exact evaluation of a run dir's latest checkpoint (or, for Best-of-N, of its n)."""
   from alignlab.checkpoint import Checkpointer
   from alignlab.train.optim import make_optimizer
   from alignlab.train.step import init_state
   run_dir = Path(run_dir)
   record = json.loads((run_dir / 'config.json').read_text())
+  method, hparams, seed = record['method'], record['hparams'], record['seed']
   s = setup(cfg, run_dir.parent, progress=False)
-  hparams = record['hparams']
-  if record['method'] == 'best_of_n':
+  if method == 'best_of_n':
     logp = _best_of_n_logp(s.ref_logp, s.r, hparams['n'])
-    return {'step': 0, **_row(_evaluate_logp(logp, jnp.float32(cfg.methods.eval_beta), s.ref_logp,
-                                             s.r, s.heldout), cfg.methods.eval_beta)}
-  ckpt = Checkpointer(run_dir / 'checkpoints', record)
+    beta = cfg.methods.eval_beta
+    return {'step': 0, **_row(_evaluate_logp(logp, jnp.float32(beta), s.ref_logp, s.r, s.heldout),
+                              beta)}
+  if method in RL_METHODS:
+    value = next(iter(hparams.values()))
+    step, params = _exact_rl.restore_policy(cfg, s, run_dir, method, value, seed)
+    return {'step': step, **s.evaluate(params, _exact_rl.objective_beta(cfg, method, value))}
+  ckpt = Checkpointer(run_dir / 'checkpoints', {})
   step = ckpt.latest_step()
   if step is None:
-    raise FileNotFoundError(f'{run_dir} has no checkpoint')
-  template = init_state(s.ref_params, make_optimizer(cfg.train.optimizer), jax.random.key(0))
+    raise runs.RunDirError(f'{run_dir} has no checkpoint')
+  template = init_state(s.ref_params, make_optimizer(cfg.train.resolved_optimizer()),
+                        jax.random.key(0))
   state = ckpt.restore(template, step)
   ckpt.close()
-  beta = hparams.get('beta', cfg.methods.eval_beta) if record['method'] in (
-      'dpo', 'ipo', 'cdpo', 'kto') else cfg.methods.eval_beta
-  return {'step': step, **evaluate_params(s, state['params'], beta)}
+  table = preference_methods(cfg.methods)
+  beta = hparams['beta'] if method in table and table[method].own_beta else cfg.methods.eval_beta
+  return {'step': step, **s.evaluate(state['params'], beta)}

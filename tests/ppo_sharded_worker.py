@@ -7,7 +7,8 @@ jitted update (2 epochs × 2 minibatches, adaptive KL controller), as JSON.
 
 import os
 
-os.environ['XLA_FLAGS'] = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8')
 
 import json  # noqa: E402
 import sys  # noqa: E402

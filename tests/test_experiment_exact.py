@@ -41,8 +41,11 @@ def test_every_method_has_exact_points(tiny):
     assert column in df.columns
   trained = df[df['method'] != 'best_of_n']
   # Evaluated at 0, every eval_every steps and at the end.
-  steps = sorted(set(trained['step']))
+  steps = sorted(set(trained.loc[trained['method'].isin(module.PREFERENCE_METHODS), 'step']))
   assert steps == list(range(0, cfg.train.steps + 1, cfg.train.eval_every))
+  if module.rl_available():
+    rl_steps = sorted(set(trained.loc[trained['method'].isin(module.RL_METHODS), 'step']))
+    assert rl_steps == list(range(0, cfg.rl.iterations + 1, cfg.rl.eval_every))
   start = trained[trained['step'] == 0]
   np.testing.assert_allclose(start['kl'], 0.0, atol=1e-5)  # every run starts at π_ref
   np.testing.assert_allclose(start['gap_fraction'], 1.0, atol=1e-4)
@@ -112,3 +115,18 @@ def test_unknown_variant_and_method():
   cfg = experiment.make_config(module, 'tiny', ["methods.run=['dpo','nope']"])
   with pytest.raises(ConfigError, match='nope'):
     module.run(cfg, '/nonexistent/never-written')
+
+
+def test_evaluate_run_recomputes_the_last_evaluation(tiny):
+  module = experiment.load_experiment('exact_frontier')
+  cfg = module.get_config('tiny')
+  names = ['dpo-beta1-seed0', 'best_of_n-n8-seed0']
+  if module.rl_available():
+    names += ['ppo_gt-beta0.3-seed0', 'ppo-kl_target1-seed0']
+  for name in names:
+    run = tiny.out_dir / name
+    last = runs.read_jsonl(run / 'eval.jsonl')[-1]
+    again = module.evaluate_run(cfg, run)
+    assert again['step'] == last['step'], name
+    for key in ('gold_reward', 'kl', 'gap', 'objective'):
+      assert again[key] == pytest.approx(last[key], abs=1e-5), (name, key)

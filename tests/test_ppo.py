@@ -17,12 +17,14 @@ import pytest
 from flax import nnx
 
 from alignlab import sharding
+from alignlab.checkpoint import Checkpointer
 from alignlab.config import ConfigError, MeshConfig, ModelConfig, OptimizerConfig, SamplingConfig
 from alignlab.data import exact
 from alignlab.heads import CausalLM, ScalarModel
 from alignlab.sampling import SampleOutput, sample
 from alignlab.train import best_of_n as bon
 from alignlab.train import ppo
+from alignlab.train.loop import TrainingDiverged
 from alignlab.train.rollout import (RewardModel, evaluate_samples, exact_task_reward,
                                     from_token_lists, rollout)
 
@@ -255,8 +257,29 @@ def test_resume_is_exact(mesh, tmp_path):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
   assert int(a['step']) == 4 and a['kl_coef'] != cfg.kl_coef
-  strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith('time/')} for r in rs]  # noqa: E731
+
+  def strip(records):
+    return [{k: v for k, v in r.items() if not k.startswith('time/')} for r in records]
+
   assert strip(_records(tmp_path / 'full')) == strip(_records(tmp_path / 'split'))
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(mesh, tmp_path):
+  graphdef, ref_params, value, _ = _task_setup(mesh)
+  gold = exact_task_reward(TASK)
+  calls = []
+
+  def flaky(tokens, attn, resp):
+    calls.append(1)
+    scores = gold(tokens, attn, resp)
+    return scores * np.nan if len(calls) == 3 else scores
+
+  cfg = _task_cfg(n_iterations=5, save_every=1)
+  with pytest.raises(TrainingDiverged, match='step 3'):
+    ppo.train_ppo(cfg, (graphdef, ref_params), ref_params, flaky, _prompts_fn(4), tmp_path,
+                  value=value, mesh=mesh, progress=False)
+  assert Checkpointer(tmp_path / 'checkpoints', {}).latest_step() == 2
+  assert [r['step'] for r in _records(tmp_path)] == [1, 2]
 
 
 @pytest.mark.parametrize('algorithm', ['rloo', 'grpo'])
@@ -320,7 +343,6 @@ def test_exact_reward_table_matches_the_reward_model(mesh):
     assert table[x, y] == pytest.approx(float(direct), rel=1e-5, abs=1e-6)
 
 
-@pytest.mark.slow
 def test_adaptive_controller_reaches_the_target_kl(mesh, tmp_path):
   """From β₀ = 0.05 (KL ≈ 3 nats at equilibrium) the controller raises β until the KL settles
   at the 1-nat target: both the controller's measurement (k1) and the exact KL by enumeration
@@ -330,9 +352,12 @@ def test_adaptive_controller_reaches_the_target_kl(mesh, tmp_path):
   cfg = _task_cfg(n_iterations=300, kl_controller='adaptive', kl_target=target, kl_horizon=480.0,
                   kl_coef=0.05)
   ref_logp = logp_of(ref_params)
+
+  def eval_fn(state, step):
+    return {'kl': float(exact.kl(logp_of(state['policy']), ref_logp).mean())}
+
   ppo.train_ppo(cfg, (graphdef, ref_params), ref_params, exact_task_reward(TASK), _prompts_fn(16),
-                tmp_path, value=value, mesh=mesh, progress=False, eval_every=10,
-                eval_fn=lambda s, step: {'kl': float(exact.kl(logp_of(s['policy']), ref_logp).mean())})
+                tmp_path, value=value, mesh=mesh, progress=False, eval_every=10, eval_fn=eval_fn)
   records = _records(tmp_path)
   evals = [json.loads(line) for line in (tmp_path / 'eval.jsonl').read_text().splitlines()]
   assert records[-1]['kl_coef'] > 4 * cfg.kl_coef

@@ -28,7 +28,8 @@ pytestmark = pytest.mark.slow
 
 TASK = exact.ExactTaskConfig()  # 8 prompts, V = 8, length 4: 4,096 responses per prompt
 MODEL = ModelConfig(vocab_size=exact.model_vocab_size(TASK), max_seq_len=8, d_model=64,
-                    n_layers=2, n_heads=4, d_ff=128, masked_output_ids=exact.masked_output_ids(TASK))
+                    n_layers=2, n_heads=4, d_ff=128,
+                    masked_output_ids=exact.masked_output_ids(TASK))
 SAMPLING = SamplingConfig(max_new_tokens=TASK.length, eos_id=-1, pad_id=0)
 PER_PROMPT = 32  # rollout batch: 8 prompts × 32 = 256 sequences
 
@@ -58,7 +59,8 @@ def setup(tmp_path_factory):
     return exact.policy_logprobs_all(lambda t, m: model(t, m), TASK, batch_size=4096)
 
   ref_params = state['params']
-  return mesh, graphdef, ref_params, logp_of(ref_params), jnp.asarray(exact.gold_reward(TASK)), logp_of
+  r = jnp.asarray(exact.gold_reward(TASK))
+  return mesh, graphdef, ref_params, logp_of(ref_params), r, logp_of
 
 
 def _prompts_fn(step):

@@ -72,11 +72,13 @@ class PPOConfig:
   num_minibatches: int = 1
   clip_eps: float = 0.2
   value_clip_eps: float = 0.2
+  # The value function has its own optimizer (and learning rate); vf_coef scales its gradient,
+  # which with Adam matters through the clip and ε, as in Huang et al.'s joint optimizer.
   vf_coef: float = 0.1
   gamma: float = 1.0
   lam: float = 0.95
   whiten_rewards: bool = False  # scale per-token rewards by their std, keeping the mean
-  whiten_advantages: bool = True
+  whiten_advantages: bool = True  # ppo and rloo; GRPO's advantages are group-normalized already
   kl_penalty: str = 'auto'  # 'reward' (k1 in the reward) | 'loss' (k3 in the loss) | 'auto'
   kl_coef: float = 0.05  # β, or its initial value under the adaptive controller
   kl_controller: str = 'fixed'  # 'fixed' | 'adaptive'
@@ -277,15 +279,18 @@ def make_update(cfg: PPOConfig, policy_graphdef, value_graphdef, *, prompt_len: 
   hparams: 'learning_rate' and (for 'ppo') 'value_learning_rate', traced scalars."""
   policy_tx = make_optimizer(cfg.optimizer)
   value_tx = make_optimizer(cfg.value_optimizer)
-  loss_fn = lambda p, b, c: ppo_loss(p, b, c, cfg=cfg, policy_graphdef=policy_graphdef,  # noqa: E731
-                                     value_graphdef=value_graphdef, prompt_len=prompt_len)
+
+  def loss_fn(params, minibatch, kl_coef):
+    return ppo_loss(params, minibatch, kl_coef, cfg=cfg, policy_graphdef=policy_graphdef,
+                    value_graphdef=value_graphdef, prompt_len=prompt_len)
 
   def update(state, ro: Rollout, key, hparams):
     kl_coef = state['kl_coef']
     batch, adv_metrics = update_batch(cfg, ro, kl_coef)
     b = ro.tokens.shape[0]
     if b % cfg.num_minibatches:
-      raise ValueError(f'a rollout batch of {b} does not split into {cfg.num_minibatches} minibatches')
+      raise ValueError(f'a rollout batch of {b} does not split into {cfg.num_minibatches} '
+                       'minibatches')
     mb = b // cfg.num_minibatches
     keys = jax.random.split(key, cfg.ppo_epochs)
     perms_ExB = jax.vmap(lambda k: jax.random.permutation(k, b))(keys)

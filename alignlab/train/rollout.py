@@ -155,7 +155,8 @@ def gold_scores(gold: GoldReward, tokens_BxT, attention_mask_BxT, response_mask_
   host = jax.device_get((tokens_BxT, attention_mask_BxT, response_mask_BxT))
   scores_B = np.asarray(gold(*(np.asarray(x) for x in host)), np.float32)
   if scores_B.shape != (tokens_BxT.shape[0],):
-    raise ValueError(f'gold reward returned shape {scores_B.shape}, expected ({tokens_BxT.shape[0]},)')
+    raise ValueError(f'gold reward returned shape {scores_B.shape}, expected '
+                     f'({tokens_BxT.shape[0]},)')
   return scores_B
 
 

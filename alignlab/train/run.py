@@ -27,6 +27,10 @@ def fit(loss_fn: Callable, params: Any, batch_at: Callable[[int], dict], *, opti
   tx = make_optimizer(optimizer)
   # Copy: the step donates its state, and the caller may still need `params`.
   state = init_state(jax.tree.map(jnp.copy, params), tx, jax.random.key(seed))
+  # Leaves made without a mesh (optimizer counts, step, rng) would get the mesh only as step
+  # outputs, so the second call would see new input types and compile the step again.
+  state = jax.tree.map(lambda x: x if isinstance(x.sharding, jax.sharding.NamedSharding)
+                       else jax.device_put(x, sharding.replicated(mesh)), state)
   step = jit_step(make_train_step(loss_fn, tx, grad_accum=grad_accum), state, mesh)
   hp = {'learning_rate': jnp.asarray(optimizer.learning_rate, jnp.float32)}
   for k, v in (hparams or {}).items():

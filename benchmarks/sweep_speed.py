@@ -1,0 +1,162 @@
+"""Vectorized sweep vs one run after another: R DPO runs (R values of β) on the exact task.
+
+Prints one JSON object. Two measurements, compile time always apart:
+
+- `core`: the train step alone, as the two ways run it. Sequential: one jitted single-run
+  step (β traced, so it compiles once and serves every run), R runs × `steps` calls.
+  Vectorized: `sweep.make_sweep_step` (jax.vmap over the run axis), `steps` calls. Both gather
+  their batch from the same device-resident pairs by index inside the program, so the only
+  difference is the run axis. `compile_s` is `jit(...).lower(...).compile()`; `run_s` times the
+  steps after one warm-up call (blocking on the result).
+- `api` (with --api): what a user runs, end to end in one process: `fit` R times vs `fit_sweep`
+  once (compile, checkpoint at the end, metrics files included). Separate processes would pay
+  the compile R times (`core.sequential.compile_s` × R).
+
+Run: .venv/bin/python benchmarks/sweep_speed.py --runs 8 --steps 200 --api
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alignlab import sharding, sweep
+from alignlab.config import MeshConfig, ModelConfig, OptimizerConfig
+from alignlab.data import exact
+from alignlab.heads import CausalLM
+from alignlab.train import preference
+from alignlab.train.batches import ArrayBatches
+from alignlab.train.optim import make_optimizer
+from alignlab.train.run import fit
+from alignlab.train.step import init_state, make_train_step
+
+
+def setup(args):
+  task = exact.ExactTaskConfig()  # 8 prompts, V = 8, length 4
+  model = ModelConfig(vocab_size=exact.model_vocab_size(task), max_seq_len=task.length + 1,
+                      d_model=args.d_model, n_layers=args.layers, n_heads=4, d_ff=2 * args.d_model,
+                      masked_output_ids=exact.masked_output_ids(task))
+  mesh = sharding.make_mesh(MeshConfig.single(), jax.devices()[:1])
+  graphdef, params = sharding.init_params(lambda r: CausalLM(model, rngs=r), mesh, jax.random.key(0))
+  r = jnp.asarray(exact.gold_reward(task))
+  pairs = exact.preference_batch(task, exact.sample_pairs_bt(
+      jax.random.key(1), task, exact.random_reference(task), r, args.pairs_per_prompt))
+  pairs = preference.reference_logps(graphdef, params, pairs, prompt_len=1, batch_size=512)
+  return mesh, graphdef, params, pairs
+
+
+def _timed(fn):
+  t0 = time.perf_counter()
+  out = jax.block_until_ready(fn())
+  return out, time.perf_counter() - t0
+
+
+def core(args, graphdef, params, pairs) -> dict:
+  betas = np.geomspace(0.05, 5.0, args.runs).astype(np.float32)
+  opt = OptimizerConfig(learning_rate=1e-3)
+  tx = make_optimizer(opt)
+  step = make_train_step(preference.make_loss_fn(graphdef, 'dpo', prompt_len=1), tx)
+  data = jax.device_put({k: jnp.asarray(v) for k, v in pairs.items()})
+  batches = sweep.SweepBatches(pairs, args.batch, list(range(args.runs)))
+  indices = [jnp.asarray(batches.indices(i)) for i in range(args.steps + 1)]
+
+  def single(state, data, indices_B, hp):
+    return step(state, jax.tree.map(lambda x: x[indices_B], data), hp)
+
+  # Sequential: one program, reused by every run (β and the learning rate are traced).
+  single_jit = jax.jit(single, donate_argnums=(0,))
+  state = init_state(params, tx, jax.random.key(0))
+  hp = {'learning_rate': jnp.float32(opt.learning_rate), 'beta': jnp.float32(betas[0])}
+  compiled, seq_compile = _timed(lambda: single_jit.lower(state, data, indices[0][0], hp).compile())
+  seq_run = 0.0
+  for r in range(args.runs):
+    state = init_state(jax.tree.map(jnp.copy, params), tx, jax.random.key(r))
+    hp = {'learning_rate': jnp.float32(opt.learning_rate), 'beta': jnp.float32(betas[r])}
+    state, _ = jax.block_until_ready(compiled(state, data, indices[0][r], hp))  # warm-up
+    t0 = time.perf_counter()
+    for i in range(1, args.steps + 1):
+      state, metrics = compiled(state, data, indices[i][r], hp)
+    jax.block_until_ready(metrics)
+    seq_run += time.perf_counter() - t0
+
+  # Vectorized: one program over the run axis.
+  mesh = sharding.make_mesh(MeshConfig.single(), jax.devices()[:1])
+  state_R, _, _ = sweep.init_sweep_state(params, tx, list(range(args.runs)), mesh)
+  hp_R = {'learning_rate': jnp.full((args.runs,), opt.learning_rate, jnp.float32),
+          'beta': jnp.asarray(betas)}
+  vec_jit = jax.jit(sweep.make_sweep_step(step, gather=True), donate_argnums=(0,))
+  compiled, vec_compile = _timed(lambda: vec_jit.lower(state_R, data, indices[0], hp_R, {}).compile())
+  state_R, _ = jax.block_until_ready(compiled(state_R, data, indices[0], hp_R, {}))
+  t0 = time.perf_counter()
+  for i in range(1, args.steps + 1):
+    state_R, metrics = compiled(state_R, data, indices[i], hp_R, {})
+  jax.block_until_ready(metrics)
+  vec_run = time.perf_counter() - t0
+  steps_total = args.runs * args.steps
+  return {
+      'sequential': {'compile_s': seq_compile, 'run_s': seq_run,
+                     'run_steps_per_s': steps_total / seq_run},
+      'vectorized': {'compile_s': vec_compile, 'run_s': vec_run,
+                     'run_steps_per_s': steps_total / vec_run},
+      'speedup_run': seq_run / vec_run,
+      'speedup_with_compile_one_process': (seq_compile + seq_run) / (vec_compile + vec_run),
+      'speedup_with_compile_separate_processes': (args.runs * seq_compile + seq_run)
+                                                 / (vec_compile + vec_run),
+  }
+
+
+def api(args, mesh, graphdef, params, pairs) -> dict:
+  betas = [float(b) for b in np.geomspace(0.05, 5.0, args.runs)]
+  opt = OptimizerConfig(learning_rate=1e-3)
+  loss_fn = preference.make_loss_fn(graphdef, 'dpo', prompt_len=1)
+  with tempfile.TemporaryDirectory() as tmp:
+    t0 = time.perf_counter()
+    for r, beta in enumerate(betas):
+      fit(loss_fn, params, ArrayBatches(pairs, args.batch, seed=r), optimizer=opt,
+          n_steps=args.steps, run_dir=f'{tmp}/alone{r}', config={'beta': beta}, mesh=mesh,
+          hparams={'beta': beta}, seed=r, progress=False)
+    seq = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    state = sweep.fit_sweep(loss_fn, params, sweep.SweepBatches(pairs, args.batch, list(range(args.runs))),
+                            {'beta': betas}, optimizer=opt, n_steps=args.steps,
+                            run_dirs=[f'{tmp}/sweep{r}' for r in range(args.runs)],
+                            configs=[{'beta': b} for b in betas], mesh=mesh, progress=False)
+    jax.block_until_ready(state)
+    vec = time.perf_counter() - t0
+  return {'fit_one_after_another_s': seq, 'fit_sweep_s': vec, 'speedup': seq / vec}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--runs', type=int, default=8)
+  parser.add_argument('--steps', type=int, default=200)
+  parser.add_argument('--batch', type=int, default=64)
+  parser.add_argument('--pairs-per-prompt', type=int, default=512)
+  parser.add_argument('--d-model', type=int, default=64)
+  parser.add_argument('--layers', type=int, default=2)
+  parser.add_argument('--api', action='store_true', help='also time fit × R vs fit_sweep')
+  args = parser.parse_args()
+  mesh, graphdef, params, pairs = setup(args)
+  out = {'bench': 'sweep_speed', 'runs': args.runs, 'steps': args.steps, 'batch': args.batch,
+         'model': {'d_model': args.d_model, 'layers': args.layers},
+         'task': 'exact (8 prompts, V=8, length 4)', 'device': str(jax.devices()[0]),
+         'backend': jax.default_backend(), 'jax': jax.__version__,
+         'machine': platform.machine(), 'cpus': os.cpu_count(),
+         'load_avg_1m': os.getloadavg()[0], 'core': core(args, graphdef, params, pairs)}
+  if args.api:
+    out['api'] = api(args, mesh, graphdef, params, pairs)
+  out['load_avg_1m_after'] = os.getloadavg()[0]
+  print(json.dumps(out, indent=1))
+
+
+if __name__ == '__main__':
+  main()
