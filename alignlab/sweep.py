@@ -6,7 +6,8 @@ API
 ---
     state_R = fit_sweep(loss_fn, params, batches, hparams, *, optimizer, n_steps, run_dirs,
                         configs, seeds=None, shared=None, mesh=None, eval_fn=None,
-                        eval_every=0, save_every=0, progress=True, stop_after=None)
+                        eval_every=0, save_every=0, progress=True, stop_after=None,
+                        runs_per_chunk='auto')
 
 - `loss_fn(params, batch, hparams) -> (loss_sum, metrics)`: any stage's loss (as for `fit`).
 - `params`: the initial params, shared by every run (e.g. π_ref's).
@@ -24,6 +25,10 @@ API
   of a sweep and the same run trained alone by `fit` have interchangeable checkpoints.
 - `eval_fn(state_R, step) -> list of R dicts` (one per run) every `eval_every` steps, at step
   0 and at the end.
+- `runs_per_chunk`: None vmaps all R runs at once; k maps over chunks of k vmapped runs
+  inside the same program; 'auto' (default) is None on GPU/TPU and 1 on XLA:CPU, where a
+  vmapped transformer step measured slower than its runs one by one (see
+  `resolve_runs_per_chunk`). Either way the sweep is one compiled program.
 - Returns the final state, every leaf with a leading run axis R; `run_state(state_R, r)`
   takes one run out.
 
@@ -112,22 +117,38 @@ def _batch_axes(axis: str | None) -> tuple[str, ...]:
   return tuple(a for a in sharding.BATCH_AXES if a != axis)
 
 
-def make_sweep_step(step: Callable, *, gather: bool) -> Callable:
+def make_sweep_step(step: Callable, *, gather: bool, runs_per_chunk: int | None = None) -> Callable:
   """Vectorizes `step(state, batch, hparams)` over a leading run axis.
 
   gather=True: `(state_R, data, indices_RxB, hparams_R, shared)`, each run's batch gathered
   from the shared `data` arrays inside the program. gather=False: `(state_R, batch,
-  hparams_R, shared)` with one batch shared by every run."""
+  hparams_R, shared)` with one batch shared by every run. runs_per_chunk=None vmaps every run
+  at once; k runs `lax.map` over chunks of k vmapped runs (still one program)."""
+
+  def over_runs(fn, *xs):
+    if runs_per_chunk is None:
+      return jax.vmap(fn)(*xs)
+    return jax.lax.map(lambda args: fn(*args), xs, batch_size=runs_per_chunk)
+
   if gather:
     def sweep_step(state_R, data, indices_RxB, hparams_R, shared):
       def one(state, indices_B, hp):
         batch = jax.tree.map(lambda x: jnp.take(x, indices_B, axis=0), data)
         return step(state, batch, {**hp, **shared})
-      return jax.vmap(one)(state_R, indices_RxB, hparams_R)
+      return over_runs(one, state_R, indices_RxB, hparams_R)
   else:
     def sweep_step(state_R, batch, hparams_R, shared):
-      return jax.vmap(lambda s, hp: step(s, batch, {**hp, **shared}))(state_R, hparams_R)
+      return over_runs(lambda s, hp: step(s, batch, {**hp, **shared}), state_R, hparams_R)
   return sweep_step
+
+
+def resolve_runs_per_chunk(runs_per_chunk: int | str | None, axis: str | None) -> int | None:
+  """'auto': every run in one vmap on GPU/TPU or when the run axis is sharded; on XLA:CPU one
+  run at a time inside the program, because there the batched matmuls of a vmapped
+  transformer step ran slower than R unbatched ones (benchmarks/sweep_speed.py)."""
+  if runs_per_chunk != 'auto':
+    return runs_per_chunk
+  return 1 if jax.default_backend() == 'cpu' and axis is None else None
 
 
 @functools.partial(jax.jit, static_argnums=(2,))
@@ -251,7 +272,7 @@ def fit_sweep(loss_fn: Callable, params: Any, batches: SweepBatches | Callable[[
               grad_accum: int = 1, save_every: int = 0,
               eval_fn: Callable[[dict, int], list[dict]] | None = None, eval_every: int = 0,
               log_every: int = 1, desc: str = 'sweep', progress: bool = True,
-              stop_after: int | None = None) -> dict:
+              stop_after: int | None = None, runs_per_chunk: int | str | None = 'auto') -> dict:
   """Trains R runs as one vectorized program; see the module docstring."""
   mesh = mesh if mesh is not None else sharding.make_mesh()
   n_runs = len(run_dirs)
@@ -275,7 +296,8 @@ def fit_sweep(loss_fn: Callable, params: Any, batches: SweepBatches | Callable[[
   runs_sh = NamedSharding(mesh, P(axis))
   hp = jax.device_put(hp, runs_sh)
   shared = dict(shared or {})
-  step = make_sweep_step(make_train_step(loss_fn, tx, grad_accum=grad_accum), gather=gather)
+  step = make_sweep_step(make_train_step(loss_fn, tx, grad_accum=grad_accum), gather=gather,
+                         runs_per_chunk=resolve_runs_per_chunk(runs_per_chunk, axis))
   if gather:
     data = jax.device_put({k: np.asarray(v) for k, v in batches.arrays.items()},
                           sharding.replicated(mesh))

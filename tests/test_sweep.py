@@ -70,7 +70,26 @@ def _compare(a_params, b_params, graphdef, tol=1e-5):
                              evaluate.exact_policy_logp(graphdef, b_params, TASK), atol=tol, rtol=0)
 
 
-def test_each_run_equals_the_run_trained_alone_and_is_one_program(setup, tmp_path):
+@pytest.fixture(scope='module')
+def alone(setup, tmp_path_factory):
+  """Each run of RUNS trained by itself with `fit` (the single-run path)."""
+  mesh, graphdef, params, pairs = setup
+  base = preference.make_loss_fn(graphdef, 'dpo', prompt_len=1)
+  out = []
+  for i, run in enumerate(RUNS):
+    run_dir = tmp_path_factory.mktemp(f'alone{i}')
+    state = fit(base, params, ArrayBatches(pairs, BATCH, seed=run['seed']),
+                optimizer=dataclasses.replace(OPT, learning_rate=run['learning_rate']),
+                n_steps=STEPS, run_dir=run_dir, config=dict(run), mesh=mesh,
+                hparams={'beta': run['beta']}, seed=run['seed'], progress=False)
+    out.append((state, run_dir))
+  return out
+
+
+# None: every run in one vmap; 1: lax.map over the runs inside the one program (CPU default).
+@pytest.mark.parametrize('runs_per_chunk', [None, 1])
+def test_each_run_equals_the_run_trained_alone_and_is_one_program(setup, alone, tmp_path,
+                                                                  runs_per_chunk):
   mesh, graphdef, params, pairs = setup
   base = preference.make_loss_fn(graphdef, 'dpo', prompt_len=1)
   traces = []
@@ -89,22 +108,19 @@ def test_each_run_equals_the_run_trained_alone_and_is_one_program(setup, tmp_pat
   state = sweep.fit_sweep(loss_fn, params, sweep.SweepBatches(pairs, BATCH, [r['seed'] for r in RUNS]),
                           _hparams(), optimizer=OPT, n_steps=STEPS, run_dirs=dirs,
                           configs=[dict(run) for run in RUNS], mesh=mesh, eval_fn=eval_fn,
-                          eval_every=4, progress=False)
+                          eval_every=4, progress=False, runs_per_chunk=runs_per_chunk)
   assert len(traces) == 1
   assert evals == [0, 4, 8]
   assert jax.tree.leaves(state['params'])[0].shape[0] == len(RUNS)
   for i, run in enumerate(RUNS):
-    alone = fit(base, params, ArrayBatches(pairs, BATCH, seed=run['seed']),
-                optimizer=dataclasses.replace(OPT, learning_rate=run['learning_rate']),
-                n_steps=STEPS, run_dir=tmp_path / f'alone{i}', config=dict(run), mesh=mesh,
-                hparams={'beta': run['beta']}, seed=run['seed'], progress=False)
-    _compare(sweep.run_state(state['params'], i), alone['params'], graphdef)
+    single, single_dir = alone[i]
+    _compare(sweep.run_state(state['params'], i), single['params'], graphdef)
     assert int(sweep.run_state(state['step'], i)) == STEPS
     np.testing.assert_array_equal(jax.random.key_data(sweep.run_state(state['rng'], i)),
-                                  jax.random.key_data(alone['rng']))
+                                  jax.random.key_data(single['rng']))
     # Per-run metrics in per-run dirs, the same numbers as the single run's.
     mine = [json.loads(l) for l in (dirs[i] / 'metrics.jsonl').read_text().splitlines()]
-    theirs = [json.loads(l) for l in (tmp_path / f'alone{i}' / 'metrics.jsonl').read_text().splitlines()]
+    theirs = [json.loads(l) for l in (single_dir / 'metrics.jsonl').read_text().splitlines()]
     assert [m['step'] for m in mine] == list(range(1, STEPS + 1))
     np.testing.assert_allclose([m['loss'] for m in mine], [m['loss'] for m in theirs], atol=1e-5)
     rows = [json.loads(l) for l in (dirs[i] / 'eval.jsonl').read_text().splitlines()]
