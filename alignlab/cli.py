@@ -119,7 +119,11 @@ def cmd_eval(args) -> int:
   if not points and not (run_dir / 'config.json').exists():
     if runs.run_dirs(run_dir):
       df = experiment.load_results(run_dir)
-      print(experiment.summary(None, df))
+      module = None
+      if (run_dir / 'experiment.json').exists():  # its BEST_BY, where it says
+        module = experiment.load_experiment(json.loads(
+            (run_dir / 'experiment.json').read_text())['experiment'])
+      print(experiment.summary(module, df))
       return 0
     raise UsageError(f'{run_dir} holds no evaluation results (no eval.jsonl, no run dirs); '
                      'a run dir is OUT/<method>-<hparam><value>-seed<k>/')

@@ -21,9 +21,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 
+_ORDER = list(range(0, 20, 2)) + list(range(1, 20, 2))  # the 10 strong tab20 colours first
+_MARKERS = 'osD^vPX<>*'
+
+
 def _colors(methods) -> dict[str, tuple]:
   cmap = matplotlib.colormaps['tab20']
-  return {m: cmap(i % 20) for i, m in enumerate(sorted(methods))}
+  return {m: cmap(_ORDER[i % 20]) for i, m in enumerate(sorted(methods))}
+
+
+def _markers(methods) -> dict[str, str]:
+  return {m: _MARKERS[i % len(_MARKERS)] for i, m in enumerate(sorted(methods))}
 
 
 def _axes(figsize: tuple[float, float]):
@@ -53,11 +61,13 @@ def draw_frontier(ax, df: pd.DataFrame, frontier: pd.DataFrame | None = None,
     if np.isfinite(kl).any():  # the frontier where the points are, and a little beyond
       f = f[f['kl'] <= 1.5 * np.nanmax(kl) + 1e-3]
     ax.plot(f['kl'], f['gold_reward'], color='black', lw=1.5, label='exact frontier (π*_β)')
-  colors = _colors(df['method'].unique())
+  colors, markers = _colors(df['method'].unique()), _markers(df['method'].unique())
   for method, rows in df.groupby('method'):
-    ax.scatter(rows['kl'], rows['gold_reward'], s=12, alpha=0.45, color=colors[method], label=method)
+    ax.scatter(rows['kl'], rows['gold_reward'], s=12, alpha=0.45, color=colors[method],
+               marker=markers[method], label=method)
     last = final_points(rows)
-    ax.scatter(last['kl'], last['gold_reward'], s=40, facecolors='none', edgecolors=colors[method])
+    ax.scatter(last['kl'], last['gold_reward'], s=45, facecolors='none', edgecolors=colors[method],
+               marker=markers[method])
   ax.set_xlabel('KL(π ‖ π_ref)')
   ax.set_ylabel('gold reward E[r]')
   if np.isfinite(kl).any():

@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from alignlab.config import config_hash, to_dict
@@ -160,8 +159,3 @@ def format_table(df: pd.DataFrame, columns: tuple[str, ...] = TABLE_COLUMNS) -> 
   cols = [c for c in columns if c in df and not (df[c].isna().all() and c != 'method')]
   return df[cols].to_string(index=False, float_format=lambda v: f'{v:.4g}',
                             na_rep='-') if len(df) else '(no results)'
-
-
-def finite(values: Any) -> np.ndarray:
-  values = np.asarray(values, np.float64)
-  return values[np.isfinite(values)]

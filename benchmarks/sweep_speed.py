@@ -7,8 +7,9 @@ Prints one JSON object. Two measurements, compile time always apart:
   (`sweep.make_sweep_step`), `steps` calls: `vectorized_vmap` vmaps all R runs,
   `one_program_chunk1` maps over the runs one at a time inside the program (fit_sweep's
   default on XLA:CPU). All gather their batch from the same device-resident pairs by index
-  inside the program, so the only difference is how the runs are laid out. `compile_s` is `jit(...).lower(...).compile()`; `run_s` times the
-  steps after one warm-up call (blocking on the result).
+  inside the program, so the only difference is how the runs are laid out. `compile_s` is
+  `jit(...).lower(...).compile()`; `run_s` times the steps after one warm-up call (blocking
+  on the result).
 - `api` (with --api): what a user runs, end to end in one process: `fit` R times vs `fit_sweep`
   once (compile, checkpoint at the end, metrics files included). Separate processes would pay
   the compile R times (`core.sequential.compile_s` × R).
@@ -19,7 +20,6 @@ Run: .venv/bin/python benchmarks/sweep_speed.py --runs 8 --steps 200 --api
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform

@@ -3,7 +3,6 @@ against the exact enumeration of the same policy, win rates, implicit-reward acc
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp

@@ -158,18 +158,19 @@ def test_sampled_rollout_reads_scores_at_the_last_real_token(mesh):
   _, ref_params = _lm(mesh, 4)
   rm_graphdef, rm_params = sharding.init_params(lambda r: ScalarModel(LM, rngs=r), mesh,
                                                 jax.random.key(5))
-  prompts = np.tile(np.asarray([[0, 5, 6], [4, 5, 6]], np.int32), (8, 1))
+  prompts = np.tile(np.asarray([[0, 5, 6], [4, 5, 6]], np.int32), (32, 1))
   mask = (prompts != 0).astype(np.int32)
   sampling = SamplingConfig(max_new_tokens=6, eos_id=EOS, pad_id=PAD)
+  n = len(prompts)
   ro = rollout(graphdef, params, ref_params, RewardModel(rm_graphdef, rm_params), prompts, mask,
                jax.random.key(6), sampling)
   attn = np.asarray(ro.attention_mask)
   lengths = np.asarray(ro.response_mask).sum(-1)
   assert len(set(lengths.tolist())) > 2, 'responses should end at different lengths'
   values_BxT = np.asarray(nnx.merge(rm_graphdef, rm_params)(ro.tokens, ro.attention_mask))
-  np.testing.assert_allclose(np.asarray(ro.scores), values_BxT[np.arange(16), 3 + lengths - 1],
+  np.testing.assert_allclose(np.asarray(ro.scores), values_BxT[np.arange(n), 3 + lengths - 1],
                              rtol=1e-5, atol=1e-6)
-  assert np.all(attn[np.arange(16), 3 + lengths - 1] == 1)
+  assert np.all(attn[np.arange(n), 3 + lengths - 1] == 1)
   # The recomputed log-probs are the sampler's.
   sampled = sample(graphdef, params, jnp.asarray(prompts), jnp.asarray(mask), jax.random.key(6),
                    sampling)
