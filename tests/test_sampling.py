@@ -32,11 +32,16 @@ def test_greedy_equals_argmax_loop():
   prompt, mask = _prompts(cfg, np.random.default_rng(0))
   out = sample(graphdef, params, prompt, mask, jax.random.key(0),
                SamplingConfig(max_new_tokens=7, temperature=0.0))
+  # Full forward passes over a fixed-length buffer (one compilation): with causal attention
+  # the trailing zeros cannot change the logits at the last real token.
+  forward = jax.jit(lambda tokens: model(tokens, jnp.ones_like(tokens)))
   for b in range(prompt.shape[0]):
     seq = [int(t) for t, m in zip(prompt[b], mask[b]) if m]
     for _ in range(7):
-      logits = model(jnp.asarray([seq], jnp.int32), jnp.ones((1, len(seq)), jnp.int32))
-      seq.append(int(jnp.argmax(logits[0, -1])))
+      buffer = np.zeros((1, 12), np.int32)
+      buffer[0, :len(seq)] = seq
+      logits = forward(jnp.asarray(buffer))
+      seq.append(int(jnp.argmax(logits[0, len(seq) - 1])))
     np.testing.assert_array_equal(np.asarray(out.tokens[b, 5:]), seq[-7:])
   assert int(out.response_mask.sum()) == 3 * 7
   # Log-probs of the greedy tokens under the model (untempered).
