@@ -13,7 +13,7 @@ from alignlab.train import exact_reference, preference
 from alignlab.train.run import fit
 
 # Measured final gaps (gap / π_ref's gap) are printed and written to the run dir.
-STEPS = {0.1: 600, 1.0: 600}
+STEPS = {0.1: 1000, 1.0: 1000}
 
 
 @pytest.mark.slow
