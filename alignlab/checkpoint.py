@@ -10,7 +10,6 @@ differing config keys, not a shape crash deep inside orbax.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
