@@ -58,6 +58,7 @@ from alignlab import sharding
 from alignlab.checkpoint import Checkpointer
 from alignlab.config import OptimizerConfig, to_dict
 from alignlab.train.batches import ArrayBatches
+from alignlab.train.loop import truncate_jsonl
 from alignlab.train.optim import make_optimizer
 from alignlab.train.step import init_state, make_train_step
 
@@ -172,14 +173,6 @@ def init_sweep_state(params: Any, optimizer, seeds: Sequence[int], mesh) -> tupl
 # ----------------------------------------------------------------------------- the loop
 
 
-def _truncate_jsonl(path: Path, last_step: int) -> None:
-  if not path.exists():
-    return
-  keep = [line for line in path.read_text().splitlines()
-          if line.strip() and json.loads(line).get('step', 0) <= last_step]
-  path.write_text(''.join(line + '\n' for line in keep))
-
-
 def _common_step(ckpts: list[Checkpointer]) -> int:
   """The newest step every run has saved (0 if some run has none): runs of one sweep save
   together, so they only differ if a sweep was killed between two runs' saves."""
@@ -221,7 +214,7 @@ def sweep_loop(step_fn: Callable, state_R: dict, feed_at: Callable[[int], tuple]
   metrics_paths = [d / 'metrics.jsonl' for d in run_dirs]
   eval_paths = [d / 'eval.jsonl' for d in run_dirs]
   for path in metrics_paths + eval_paths:
-    _truncate_jsonl(path, start)
+    truncate_jsonl(path, start)
 
   def evaluate(state, step):
     rows = eval_fn(state, step)

@@ -27,7 +27,7 @@ def _to_host(metrics: dict) -> dict:
   return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
 
 
-def _truncate_jsonl(path: Path, last_step: int) -> None:
+def truncate_jsonl(path: Path, last_step: int) -> None:
   """Drops records past `last_step` (written after the checkpoint we resume from)."""
   if not path.exists():
     return
@@ -50,8 +50,8 @@ def train_loop(step_fn: Callable, state: dict, batch_at: Callable[[int], Any], h
   start = ckpt.latest_step() or 0
   if start:
     state = ckpt.restore(state, start)
-  _truncate_jsonl(metrics_path, start)
-  _truncate_jsonl(eval_path, start)
+  truncate_jsonl(metrics_path, start)
+  truncate_jsonl(eval_path, start)
   if eval_fn is not None and start == 0 and eval_every and not eval_path.exists():
     with eval_path.open('a') as f:
       f.write(json.dumps({'step': 0, **eval_fn(state, 0)}) + '\n')
