@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 
 from alignlab.config import ConfigError, to_dict
@@ -143,3 +141,18 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def save_params(directory: str | Path, params: Any, config: Any) -> None:
+  """Writes one finished set of parameters (a stage's output) as step 0 of `directory`."""
+  ckpt = Checkpointer(directory, config, max_to_keep=1)
+  ckpt.save(0, params, force=True)
+  ckpt.close()
+
+
+def restore_params(directory: str | Path, template: Any, config: Any) -> Any:
+  """Reads what `save_params` wrote onto the shapes and shardings of `template`."""
+  ckpt = Checkpointer(directory, config, max_to_keep=1)
+  params = ckpt.restore(template, 0)
+  ckpt.close()
+  return params

@@ -266,8 +266,9 @@ def evaluate_sampled(graphdef, params, ref_params, prompts: Sequence[Sequence[in
   return result
 
 
-def _gold_of_samples(graphdef, params, prompts, gold_reward_fn, key, sampling, batch_size,
-                     prompt_len) -> np.ndarray:
+def gold_of_samples(graphdef, params, prompts, gold_reward_fn, key, sampling, batch_size=64,
+                    prompt_len=None) -> np.ndarray:
+  """The gold reward of one sample per prompt, (n,) float64."""
   scores = []
   for index, n_real, out in sample_responses(graphdef, params, prompts, key, sampling,
                                              batch_size=batch_size, prompt_len=prompt_len):
@@ -280,17 +281,21 @@ def _gold_of_samples(graphdef, params, prompts, gold_reward_fn, key, sampling, b
 def win_rate_vs_reference(graphdef, params, ref_params, prompts: Sequence[Sequence[int]],
                           gold_reward_fn: Callable, key: jax.Array, sampling: SamplingConfig, *,
                           temperatures: Sequence[float] = TEMPERATURES, batch_size: int = 64,
-                          prompt_len: int | None = None) -> list[dict[str, float]]:
+                          prompt_len: int | None = None,
+                          reference_scores: np.ndarray | None = None) -> list[dict[str, float]]:
   """For each temperature T: the fraction of prompts where π's sample at T beats a π_ref sample
   (at T = 1) under the gold reward, ties counting ½ (the DPO paper's Fig. 2 right, with the
-  gold reward as judge). The π_ref samples are drawn once and shared by every T."""
+  gold reward as judge). The π_ref samples are drawn once and shared by every T;
+  `reference_scores` (their gold rewards, one per prompt) lets several policies share them."""
   ref_key, policy_key = jax.random.split(key)
-  reference = _gold_of_samples(graphdef, ref_params, prompts, gold_reward_fn, ref_key,
-                               dataclasses.replace(sampling, temperature=1.0), batch_size,
-                               prompt_len)
+  reference = reference_scores
+  if reference is None:
+    reference = gold_of_samples(graphdef, ref_params, prompts, gold_reward_fn, ref_key,
+                                dataclasses.replace(sampling, temperature=1.0), batch_size,
+                                prompt_len)
   rows = []
   for t in temperatures:
-    policy = _gold_of_samples(graphdef, params, prompts, gold_reward_fn,
+    policy = gold_of_samples(graphdef, params, prompts, gold_reward_fn,
                               jax.random.fold_in(policy_key, int(round(t * 1000))),
                               dataclasses.replace(sampling, temperature=float(t)), batch_size,
                               prompt_len)

@@ -162,9 +162,11 @@ def make_config(module: ModuleType, variant: str, overrides: Sequence[str] = ())
 def enable_compilation_cache() -> None:
   """JAX's persistent compilation cache (DESIGN.md §5): a rerun skips XLA compiles."""
   import jax
+
+  from alignlab.data.cache import cache_root
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir', os.environ.get(
-        'JAX_COMPILATION_CACHE_DIR', str(Path.home() / '.cache/alignlab/jax_compilation_cache')))
+        'JAX_COMPILATION_CACHE_DIR', str(cache_root() / 'jax_compilation_cache')))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 

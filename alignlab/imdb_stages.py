@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,17 +23,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from alignlab import sharding
-from alignlab.checkpoint import Checkpointer
+from alignlab.checkpoint import restore_params, save_params
 from alignlab.config import ModelConfig, OptimizerConfig, SamplingConfig, config_hash, to_dict
 from alignlab.data import imdb
-from alignlab.data.cache import atomic_dir, cache_dir
+from alignlab.data.cache import atomic_dir, cache_dir, copy_logs, work_dir
 from alignlab.data.pairs import GeneratedDataset, generate_preference_dataset, left_pad_prompts, split_responses
 from alignlab.data.preference import collate, read_pairs
 from alignlab.data.tokenizer import Tokenizer, TokenizerConfig
-from alignlab.heads import CausalLM, ScalarModel, embedding_from_lm
-from alignlab.rewards import VaderReward
+from alignlab.heads import CausalLM, embedding_from_lm
+from alignlab.rewards import Reward, VaderReward
 from alignlab.sampling import sample
 from alignlab.train import reward_model as rm
+from alignlab.train.classifier import ClassifierConfig, classifier_stage
 from alignlab.train import sft
 from alignlab.train.batches import ArrayBatches
 from alignlab.train.run import fit
@@ -48,6 +50,7 @@ class SftConfig:
   optimizer: OptimizerConfig = OptimizerConfig(learning_rate=3e-3, schedule='cosine',
                                                warmup_steps=30, total_steps=300)
   seed: int = 0
+  save_every: int = 50  # checkpoint interval; an interrupted SFT resumes from the last one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +83,10 @@ class ImdbTaskConfig:
   sft: SftConfig = SftConfig()
   pairs: PairsStageConfig = PairsStageConfig()
   reward_model: RewardModelConfig = RewardModelConfig()
+  # The gold reward: 'vader' (lexicon, no training) or 'classifier' (the sentiment classifier
+  # trained on the real IMDb labels, `classifier` below; p(positive) in [0, 1]).
+  gold: str = 'vader'
+  classifier: ClassifierConfig = ClassifierConfig()
 
   @property
   def prompt_len(self) -> int:
@@ -117,7 +124,7 @@ class RewardStage(NamedTuple):
 class ImdbTask(NamedTuple):
   cfg: ImdbTaskConfig
   tokenizer: Tokenizer
-  gold: VaderReward
+  gold: Reward
   sft: Policy
   pairs: Pairs
   reward_model: RewardStage
@@ -133,19 +140,6 @@ def model_config(cfg: ImdbTaskConfig, tok: Tokenizer) -> ModelConfig:
   # The LM never emits <pad> or <bos>: its distributions are over what it may produce.
   return dataclasses.replace(cfg.model, vocab_size=tok.vocab_size,
                              masked_output_ids=(tok.pad_id, tok.bos_id))
-
-
-def _save_params(directory: Path, params: Any, config: Any) -> None:
-  ckpt = Checkpointer(directory, config, max_to_keep=1)
-  ckpt.save(0, params, force=True)
-  ckpt.close()
-
-
-def _restore_params(directory: Path, template: Any, config: Any) -> Any:
-  ckpt = Checkpointer(directory, config, max_to_keep=1)
-  params = ckpt.restore(template, 0)
-  ckpt.close()
-  return params
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,17 +163,20 @@ def sft_stage(cfg: ImdbTaskConfig, tok: Tokenizer, mesh, *, progress: bool = Tru
   graphdef, params = sharding.init_params(lambda rngs: CausalLM(model_cfg, rngs=rngs), mesh,
                                           jax.random.key(cfg.sft.seed))
   if directory.is_dir():
-    return Policy(graphdef, _restore_params(directory / 'params', params, key), directory, True)
+    return Policy(graphdef, restore_params(directory / 'params', params, key), directory, True)
   seqs = imdb.lm_sequences(tok, 'train', cfg.sft.seq_len, cfg.data)
   data = ArrayBatches({'tokens': seqs['tokens'], 'attention_mask': seqs['attention_mask'],
                        'response_mask': seqs['loss_mask']}, cfg.sft.batch_size, seed=cfg.sft.seed)
+  work = work_dir(directory)  # checkpoints every `save_every` steps: an interrupted SFT resumes
   with atomic_dir(directory) as tmp:
     state = fit(sft.make_loss_fn(graphdef), params, data, optimizer=cfg.sft.optimizer,
-                n_steps=cfg.sft.steps, run_dir=tmp / 'run', config=key, mesh=mesh,
-                seed=cfg.sft.seed, desc='SFT π_ref', progress=progress)
+                n_steps=cfg.sft.steps, run_dir=work, config=key, mesh=mesh, seed=cfg.sft.seed,
+                save_every=cfg.sft.save_every, desc='SFT π_ref', progress=progress)
     params = state['params']
-    _save_params(tmp / 'params', params, key)
+    save_params(tmp / 'params', params, key)
+    copy_logs(work, tmp / 'run')
     (tmp / 'key.json').write_text(json.dumps(key, indent=2, sort_keys=True))
+  shutil.rmtree(work, ignore_errors=True)
   return Policy(graphdef, params, directory, False)
 
 
@@ -209,12 +206,12 @@ def _collate_all(source, idx: np.ndarray, cfg: ImdbTaskConfig) -> dict:
   return collate(examples, prompt_buckets=(cfg.prompt_len,), response_buckets=(cfg.pairs.max_new_tokens,))
 
 
-def pairs_stage(cfg: ImdbTaskConfig, tok: Tokenizer, policy: Policy, gold: VaderReward, *,
-                progress: bool = True) -> Pairs:
+def pairs_stage(cfg: ImdbTaskConfig, tok: Tokenizer, policy: Policy, gold: Reward, *,
+                progress: bool = True, gold_name: str = 'vader') -> Pairs:
   pc = cfg.pairs
   prompts, _, _ = prompts_for(cfg, tok, 'train', pc.n_prompts, pc.seed)
   cache_key = {'version': STAGE_VERSION, 'policy': policy.directory.name,
-               'sampling': to_dict(cfg.sampling()), 'gold': 'vader', 'tokenizer': tok.fingerprint}
+               'sampling': to_dict(cfg.sampling()), 'gold': gold_name, 'tokenizer': tok.fingerprint}
   dataset = generate_preference_dataset(make_sample_fn(cfg, policy, pc.k), gold, prompts, k=pc.k,
                                         cache_key=cache_key, batch_size=pc.batch_size, progress=progress)
   source = read_pairs(dataset.path)
@@ -242,12 +239,9 @@ def reward_model_stage(cfg: ImdbTaskConfig, tok: Tokenizer, policy: Policy, pair
   rc = cfg.reward_model
   model_cfg = model_config(cfg, tok)
   key = reward_model_key(cfg, policy, pairs)
-  directory = cache_dir('imdb_reward_model', key)
-  graphdef, params = sharding.init_params(lambda rngs: ScalarModel(model_cfg, rngs=rngs), mesh,
-                                          jax.random.key(rc.seed))
-  if directory.is_dir():
-    params = _restore_params(directory / 'params', params, key)
-    return RewardStage(graphdef, params, directory, json.loads((directory / 'metrics.json').read_text()), True)
+  graphdef, params, directory, cached = rm.cached_scalar_model('imdb_reward_model', key, model_cfg, rc.seed, mesh)
+  if cached is not None:
+    return RewardStage(graphdef, params, directory, cached, True)
   params = embedding_from_lm(policy.params, params)
   arrays = {k: v for k, v in pairs.train.items() if k.endswith(('_tokens', '_mask'))}
   data = ArrayBatches(arrays, min(rc.batch_size, len(arrays['chosen_tokens'])), seed=rc.seed)
@@ -283,9 +277,22 @@ def reward_model_stage(cfg: ImdbTaskConfig, tok: Tokenizer, policy: Policy, pair
       scores_N = np.concatenate(scores)
       params = rm.normalize(params, scores_N)
       metrics.update(raw_ref_mean=float(scores_N.mean()), raw_ref_std=float(scores_N.std()))
-    _save_params(tmp / 'params', params, key)
+    save_params(tmp / 'params', params, key)
     (tmp / 'metrics.json').write_text(json.dumps(metrics, indent=2))
   return RewardStage(graphdef, params, directory, metrics, False)
+
+
+GOLD_REWARDS = ('vader', 'classifier')
+
+
+def gold_reward(cfg: ImdbTaskConfig, tok: Tokenizer, mesh, *, progress: bool = True) -> tuple[Reward, str]:
+  """The task's gold reward and the name that keys the caches built from its labels."""
+  if cfg.gold == 'vader':
+    return VaderReward(tok), 'vader'
+  if cfg.gold == 'classifier':
+    stage = classifier_stage(cfg.classifier, cfg.data, tok, mesh, progress=progress)
+    return stage.reward(tok), f'classifier/{stage.directory.name}'
+  raise ValueError(f'task.gold must be one of {GOLD_REWARDS}, got {cfg.gold!r}')
 
 
 def build_task(cfg: ImdbTaskConfig, *, mesh=None, progress: bool = True) -> ImdbTask:
@@ -294,10 +301,10 @@ def build_task(cfg: ImdbTaskConfig, *, mesh=None, progress: bool = True) -> Imdb
   stages = tqdm(total=4, desc='imdb stages', disable=not progress)
   tok = tokenizer_stage(cfg)
   stages.update(1)
-  gold = VaderReward(tok)
+  gold, gold_name = gold_reward(cfg, tok, mesh, progress=progress)
   policy = sft_stage(cfg, tok, mesh, progress=progress)
   stages.update(1)
-  pairs = pairs_stage(cfg, tok, policy, gold, progress=progress)
+  pairs = pairs_stage(cfg, tok, policy, gold, progress=progress, gold_name=gold_name)
   stages.update(1)
   reward = reward_model_stage(cfg, tok, policy, pairs, mesh, progress=progress)
   stages.update(1)

@@ -30,7 +30,7 @@ from flax import nnx
 from alignlab.config import ModelConfig
 from alignlab.sharding import constrain
 
-KVCache = list[dict[str, jax.Array]]  # per layer: {'k': BxSxHxK, 'v': BxSxHxK}
+KVCache = list[dict[str, jax.Array]]  # per layer: {'k': BxHxSxK, 'v': BxHxSxK}
 
 _NEG_INF = -1e30  # finite, so that a fully masked row (a pad query) gives no NaN
 
@@ -114,15 +114,24 @@ class Attention(nnx.Module):
       q_BxTxHxK = rope(q_BxTxHxK, positions_BxT, cfg.rope_theta)
       k_BxTxHxK = rope(k_BxTxHxK, positions_BxT, cfg.rope_theta)
     if cache is not None:
-      k_BxSxHxK = jax.lax.dynamic_update_slice_in_dim(cache['k'], k_BxTxHxK, cache_index, axis=1)
-      v_BxSxHxK = jax.lax.dynamic_update_slice_in_dim(cache['v'], v_BxTxHxK, cache_index, axis=1)
-      cache = {'k': k_BxSxHxK, 'v': v_BxSxHxK}
+      # The cache is stored head-major (BxHxSxK), the layout the attention dots read: only the
+      # T new rows are transposed, never the whole cache (a per-step copy of every layer's
+      # cache otherwise; benchmarks/findings.md).
+      k_BxHxSxK = jax.lax.dynamic_update_slice_in_dim(
+          cache['k'], k_BxTxHxK.transpose(0, 2, 1, 3), cache_index, axis=2)
+      v_BxHxSxK = jax.lax.dynamic_update_slice_in_dim(
+          cache['v'], v_BxTxHxK.transpose(0, 2, 1, 3), cache_index, axis=2)
+      cache = {'k': k_BxHxSxK, 'v': v_BxHxSxK}
+      scores_BxHxTxS = jnp.einsum('bthk,bhsk->bhts', q_BxTxHxK, k_BxHxSxK)
     else:
-      k_BxSxHxK, v_BxSxHxK = k_BxTxHxK, v_BxTxHxK
-    scores_BxHxTxS = jnp.einsum('bthk,bshk->bhts', q_BxTxHxK, k_BxSxHxK) / math.sqrt(cfg.head_dim)
+      scores_BxHxTxS = jnp.einsum('bthk,bshk->bhts', q_BxTxHxK, k_BxTxHxK)
+    scores_BxHxTxS = scores_BxHxTxS / math.sqrt(cfg.head_dim)
     scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS.astype(jnp.float32), _NEG_INF)
     probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(x_BxTxD.dtype)
-    out_BxTxHxK = jnp.einsum('bhts,bshk->bthk', probs_BxHxTxS, v_BxSxHxK)
+    if cache is not None:
+      out_BxTxHxK = jnp.einsum('bhts,bhsk->bthk', probs_BxHxTxS, cache['v'])
+    else:
+      out_BxTxHxK = jnp.einsum('bhts,bshk->bthk', probs_BxHxTxS, v_BxTxHxK)
     out_BxTxD = jnp.einsum('bthk,hkd->btd', out_BxTxHxK, self.w_out[...])
     if cfg.use_bias:
       out_BxTxD = out_BxTxD + self.b_out[...]
@@ -211,6 +220,6 @@ class Transformer(nnx.Module):
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> KVCache:
   """An empty fixed-size KV cache of `length` slots."""
-  shape = (batch, length, cfg.n_heads, cfg.head_dim)
+  shape = (batch, cfg.n_heads, length, cfg.head_dim)
   dtype = jnp.dtype(cfg.dtype)
   return [{'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)} for _ in range(cfg.n_layers)]

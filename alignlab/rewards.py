@@ -50,3 +50,44 @@ class VaderReward:
 
   def __call__(self, prompts: Sequence[TokenIds], responses: Sequence[TokenIds]) -> np.ndarray:
     return self.score_texts(self.texts(prompts, responses))
+
+
+class ClassifierReward:
+  """p(positive) in [0, 1] from the trained IMDb sentiment classifier
+  (`alignlab.train.classifier`), the alternative gold reward; the DPO paper's sentiment
+  reward is likewise a classifier's probability (arXiv:2305.18290 §6.1).
+
+  The text scored is `<bos>` + the non-special tokens of prompt ⊕ response, the form the
+  classifier was trained on; it keeps its first `max_seq_len − 1` tokens. Rows go through the
+  jitted scorer in fixed-size batches, so every call reuses one compiled program.
+  """
+
+  def __init__(self, graphdef, params, tokenizer, *, max_seq_len: int, batch_size: int = 256):
+    self.graphdef, self.params, self.tokenizer = graphdef, params, tokenizer
+    self.width = max_seq_len
+    self.batch_size = batch_size
+
+  def logits(self, prompts: Sequence[TokenIds], responses: Sequence[TokenIds]) -> np.ndarray:
+    import jax.numpy as jnp
+
+    from alignlab.train.classifier import prefix_rows
+    from alignlab.train.reward_model import score
+    if len(prompts) != len(responses):
+      raise ValueError(f'{len(prompts)} prompts but {len(responses)} responses')
+    tok = self.tokenizer
+    special = {tok.pad_id, tok.bos_id, tok.eos_id}
+    ids = [[int(t) for t in list(p) + list(r) if int(t) not in special] for p, r in zip(prompts, responses)]
+    if not ids:
+      return np.zeros((0,), np.float32)
+    lengths_N = np.asarray([min(len(seq), self.width - 1) for seq in ids])
+    tokens_NxT, mask_NxT = prefix_rows(ids, lengths_N, bos_id=tok.bos_id, pad_id=tok.pad_id, width=self.width)
+    n, b = len(ids), self.batch_size
+    out = []
+    for start in range(0, n, b):
+      idx = np.arange(start, start + b) % n
+      out.append(np.asarray(score(self.graphdef, self.params, jnp.asarray(tokens_NxT[idx]),
+                                  jnp.asarray(mask_NxT[idx])))[:min(b, n - start)])
+    return np.concatenate(out).astype(np.float32)
+
+  def __call__(self, prompts: Sequence[TokenIds], responses: Sequence[TokenIds]) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-self.logits(prompts, responses).astype(np.float64)))).astype(np.float32)

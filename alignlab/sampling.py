@@ -44,19 +44,56 @@ def filter_logits(logits_BxV: jax.Array, cfg: SamplingConfig) -> jax.Array:
   return logits_BxV
 
 
-def _choose(logits_BxV: jax.Array, key: jax.Array, cfg: SamplingConfig) -> jax.Array:
+CDF_BLOCK = 128  # vocabulary entries per block of the two-level inverse CDF
+
+
+def inverse_cdf(weights_BxV: jax.Array, u_B: jax.Array) -> jax.Array:
+  """The index i with C[i−1] ≤ u·C[V−1] < C[i], C the cumulative sum of each row's
+  non-negative (unnormalized) weights, u ∈ [0, 1): a draw from weights/Σweights, never an
+  index of weight 0.
+
+  Two levels instead of one cumulative sum over the vocabulary (which XLA:CPU lowers as a
+  tree of reduce-windows costing ≈ 15 % of a decode step): block totals → the block, then the
+  cumulative sum of that block's `CDF_BLOCK` weights → the entry. The position inside the
+  block is a fraction of the block's own total, so float rounding between the two levels can
+  never land on a zero-weight entry past the block's last positive one."""
+  b, v = weights_BxV.shape
+  pad = (-v) % CDF_BLOCK
+  w_BxNxC = jnp.pad(weights_BxV, ((0, 0), (0, pad))).reshape(b, -1, CDF_BLOCK)
+  block_BxN = jnp.sum(w_BxNxC, axis=-1)
+  block_cdf_BxN = jnp.cumsum(block_BxN, axis=-1)
+  target_B = u_B * block_cdf_BxN[:, -1]
+  above_BxN = (block_cdf_BxN > target_B[:, None]) & (block_BxN > 0)
+  last_positive_B = block_BxN.shape[1] - 1 - jnp.argmax((block_BxN > 0)[:, ::-1], axis=-1)
+  j_B = jnp.where(above_BxN.any(-1), jnp.argmax(above_BxN, axis=-1), last_positive_B)
+  block_total_B = jnp.take_along_axis(block_BxN, j_B[:, None], axis=-1)[:, 0]
+  before_B = jnp.take_along_axis(block_cdf_BxN, j_B[:, None], axis=-1)[:, 0] - block_total_B
+  frac_B = jnp.clip((target_B - before_B) / block_total_B, 0.0, 1.0 - 2.0 ** -23)
+  inner_BxC = jnp.take_along_axis(w_BxNxC, j_B[:, None, None], axis=1)[:, 0]
+  inner_cdf_BxC = jnp.cumsum(inner_BxC, axis=-1)
+  i_B = jnp.sum(inner_cdf_BxC <= (frac_B * inner_cdf_BxC[:, -1])[:, None], axis=-1)
+  return (j_B * CDF_BLOCK + jnp.minimum(i_B, CDF_BLOCK - 1)).astype(jnp.int32)
+
+
+def _choose(logits_BxV: jax.Array, key: jax.Array, cfg: SamplingConfig) -> tuple[jax.Array, jax.Array]:
+  """(token_B, log π(token)_B) with π the untempered, unfiltered softmax of the logits."""
   if cfg.temperature == 0:
-    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    token_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    max_B = jnp.max(logits_BxV, axis=-1)
+    return token_B, max_B - jax.nn.logsumexp(logits_BxV, axis=-1)
   # Inverse-CDF sampling: one uniform per row. `jax.random.categorical` draws a Gumbel per
   # vocabulary entry (B·V threefry numbers per decode step), which costs more than the model's
-  # matmuls on XLA:CPU (benchmarks/RESULTS.md: ≈ 2× new tokens/s at batch 64). Same
-  # distribution: filtered tokens have probability 0, so the CDF is flat there and they are
-  # never the first entry above u.
-  probs_BxV = jax.nn.softmax(filter_logits(logits_BxV, cfg), axis=-1)
-  cdf_BxV = jnp.cumsum(probs_BxV, axis=-1)
-  u_Bx1 = jax.random.uniform(key, (logits_BxV.shape[0], 1)) * cdf_BxV[:, -1:]
-  token_B = jnp.sum(cdf_BxV <= u_Bx1, axis=-1)
-  return jnp.minimum(token_B, logits_BxV.shape[-1] - 1).astype(jnp.int32)
+  # matmuls on XLA:CPU (benchmarks/RESULTS.md). Same distribution: filtered tokens have weight
+  # 0 and are never drawn.
+  filtered_BxV = filter_logits(logits_BxV, cfg)
+  max_B1 = jnp.max(filtered_BxV, axis=-1, keepdims=True)
+  weights_BxV = jnp.exp(filtered_BxV - max_B1)
+  token_B = inverse_cdf(weights_BxV, jax.random.uniform(key, (logits_BxV.shape[0],)))
+  if cfg.temperature == 1.0 and not cfg.top_k and cfg.top_p >= 1.0:
+    lse_B = max_B1[:, 0] + jnp.log(jnp.sum(weights_BxV, axis=-1))  # the weights are π's: one exp pass
+  else:
+    lse_B = jax.nn.logsumexp(logits_BxV, axis=-1)
+  return token_B, jnp.take_along_axis(logits_BxV, token_B[:, None], axis=-1)[:, 0] - lse_B
 
 
 @functools.partial(jax.jit, static_argnames=('graphdef', 'cfg'))
@@ -88,9 +125,7 @@ def sample(graphdef, params, prompt_tokens_BxP: jax.Array, prompt_mask_BxP: jax.
   prompt_len_B = prompt_mask_BxP.sum(-1).astype(jnp.int32)
 
   def pick(logits_BxV, key, done_B):
-    token_B = _choose(logits_BxV, key, cfg)
-    logprob_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BxV, axis=-1), token_B[:, None],
-                                    axis=-1)[:, 0]
+    token_B, logprob_B = _choose(logits_BxV, key, cfg)
     token_B = jnp.where(done_B, cfg.pad_id, token_B)
     live_B = ~done_B
     done_B = done_B | (token_B == cfg.eos_id) if cfg.eos_id >= 0 else done_B

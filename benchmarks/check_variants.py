@@ -28,13 +28,14 @@ def main():
     g_ref = jax.grad(lambda x: jnp.sum(w * ref(x, targets)))(logits)
     np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-5)
     print(f'{name}: values and gradients match')
-  # Sampling: empirical frequencies of 200k draws against softmax(logits), both choosers.
+  # Sampling: empirical frequencies of 200k draws against softmax(logits), every chooser.
   cfg = SamplingConfig(temperature=1.0)
   row = jnp.array([[2.0, 0.5, -1.0, 1.0, 0.0, -3.0, 1.5]])
   p = np.asarray(jax.nn.softmax(row[0]))
   n = 200_000
-  for name, choose in (('inverse_cdf', variants._choose_inverse_cdf),
-                       ('exp_race', variants._choose_exponential_race)):
+  from alignlab import sampling
+  for name, choose in (('alignlab', sampling._choose), ('flat_cdf', variants._choose_flat_cdf),
+                       ('gumbel', variants._choose_gumbel)):
     keys = jax.random.split(jax.random.key(1), n)
     draws = np.asarray(jax.vmap(lambda k: choose(row, k, cfg)[0])(keys))
     freq = np.bincount(draws, minlength=7) / n

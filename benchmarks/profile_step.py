@@ -50,7 +50,6 @@ def main():
     if e.get('ph') == 'X' and 'dur' in e:
       tot[e['name']] += e['dur']
       cnt[e['name']] += 1
-  step_us = max((v for k, v in tot.items() if 'step' in k.lower()), default=0) / args.steps
   bc.log(f'trace: {path}')
   hlo = step.lower(state, batch, hp).compile().as_text()
   shapes = {}

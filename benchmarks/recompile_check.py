@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/recompile_check.py fix     # -> compiled programs: 1
 """
 import sys; import os; sys.path.insert(0, os.path.dirname(os.path.abspath(__file__))); sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import jax, jax.numpy as jnp, numpy as np
+import jax, jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 from alignlab import sharding
 from alignlab.config import MeshConfig, OptimizerConfig, ModelConfig

@@ -72,9 +72,7 @@ def _attention_sdpa(self, x_BxTxD, positions_BxT, mask_BxTxS, cache, cache_index
     q = rope(q, positions_BxT, cfg.rope_theta)
     k = rope(k, positions_BxT, cfg.rope_theta)
   if cache is not None:
-    k = jax.lax.dynamic_update_slice_in_dim(cache['k'], k, cache_index, axis=1)
-    v = jax.lax.dynamic_update_slice_in_dim(cache['v'], v, cache_index, axis=1)
-    cache = {'k': k, 'v': v}
+    raise NotImplementedError('a training-step variant: no KV cache (alignlab.model.Attention decodes)')
   out = jax.nn.dot_product_attention(q, k, v, mask=mask_BxTxS[:, None], implementation='xla')
   out_BxTxD = jnp.einsum('bthk,hkd->btd', out, self.w_out[...])
   if cfg.use_bias:
@@ -97,9 +95,7 @@ def _attention_separate_qkv(self, x_BxTxD, positions_BxT, mask_BxTxS, cache, cac
     outs.append(y.reshape(*y.shape[:2], h, kd))
   q, k, v = outs
   if cache is not None:
-    k = jax.lax.dynamic_update_slice_in_dim(cache['k'], k, cache_index, axis=1)
-    v = jax.lax.dynamic_update_slice_in_dim(cache['v'], v, cache_index, axis=1)
-    cache = {'k': k, 'v': v}
+    raise NotImplementedError('a training-step variant: no KV cache (alignlab.model.Attention decodes)')
   s = jnp.einsum('bthk,bshk->bhts', q, k) / math.sqrt(kd)
   s = jnp.where(mask_BxTxS[:, None], s, _NEG_INF)
   p = jax.nn.softmax(s, axis=-1)
@@ -112,33 +108,37 @@ def _attention_separate_qkv(self, x_BxTxD, positions_BxT, mask_BxTxS, cache, cac
 
 # ---------------------------------------------------------------- sampling
 
-def _choose_inverse_cdf(logits_BxV, key, cfg):
-  """Ancestral sampling with ONE uniform per row (inverse CDF) instead of a Gumbel per
-  vocabulary entry: the same distribution, B random numbers per step instead of B·V."""
+def _with_logprob(logits_BxV, token_B):
+  logprob_B = (jnp.take_along_axis(logits_BxV, token_B[:, None], axis=-1)[:, 0]
+               - jax.nn.logsumexp(logits_BxV, axis=-1))
+  return token_B.astype(jnp.int32), logprob_B
+
+
+def _choose_flat_cdf(logits_BxV, key, cfg):
+  """Inverse CDF with one cumulative sum over the whole vocabulary (alignlab's sampler before
+  the two-level `sampling.inverse_cdf`)."""
   from alignlab.sampling import filter_logits
   if cfg.temperature == 0:
-    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-  probs_BxV = jax.nn.softmax(filter_logits(logits_BxV, cfg), axis=-1)
-  cdf_BxV = jnp.cumsum(probs_BxV, axis=-1)
+    return _with_logprob(logits_BxV, jnp.argmax(logits_BxV, axis=-1))
+  filtered = filter_logits(logits_BxV, cfg)
+  cdf_BxV = jnp.cumsum(jnp.exp(filtered - jnp.max(filtered, axis=-1, keepdims=True)), axis=-1)
   u_Bx1 = jax.random.uniform(key, (logits_BxV.shape[0], 1)) * cdf_BxV[:, -1:]
-  token_B = jnp.sum(cdf_BxV <= u_Bx1, axis=-1)
-  return jnp.minimum(token_B, logits_BxV.shape[-1] - 1).astype(jnp.int32)
+  token_B = jnp.minimum(jnp.sum(cdf_BxV <= u_Bx1, axis=-1), logits_BxV.shape[-1] - 1)
+  return _with_logprob(logits_BxV, token_B)
 
 
-def _choose_exponential_race(logits_BxV, key, cfg):
-  """argmax(p / E), E ~ Exp(1): exact, like Gumbel-max, but needs no log/log of the noise."""
+def _choose_gumbel(logits_BxV, key, cfg):
+  """`jax.random.categorical` (a Gumbel per vocabulary entry): the textbook sampler."""
   from alignlab.sampling import filter_logits
   if cfg.temperature == 0:
-    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-  logits = filter_logits(logits_BxV, cfg)
-  e = jax.random.exponential(key, logits.shape)
-  return jnp.argmax(logits - jnp.log(e), axis=-1).astype(jnp.int32)
+    return _with_logprob(logits_BxV, jnp.argmax(logits_BxV, axis=-1))
+  return _with_logprob(logits_BxV, jax.random.categorical(key, filter_logits(logits_BxV, cfg), axis=-1))
 
 
 def _choose_greedy(logits_BxV, key, cfg):
   """Lower bound only (not a sampler at temperature 1): the cost without any RNG."""
   del key, cfg
-  return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+  return _with_logprob(logits_BxV, jnp.argmax(logits_BxV, axis=-1))
 
 
 def apply(names: str | None) -> list[str]:
@@ -154,10 +154,10 @@ def apply(names: str | None) -> list[str]:
       model.Attention.__call__ = _attention_sdpa
     elif name == 'separate_qkv':
       model.Attention.__call__ = _attention_separate_qkv
-    elif name == 'inverse_cdf':
-      sampling._choose = _choose_inverse_cdf
-    elif name == 'exp_race':
-      sampling._choose = _choose_exponential_race
+    elif name == 'flat_cdf':
+      sampling._choose = _choose_flat_cdf
+    elif name == 'gumbel':
+      sampling._choose = _choose_gumbel
     elif name == 'greedy':
       sampling._choose = _choose_greedy
     else:

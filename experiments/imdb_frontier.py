@@ -1,16 +1,21 @@
 """The DPO paper's IMDb reward–KL frontier (arXiv:2305.18290 Fig. 2 left, App. C) at CPU scale.
 
 Stages (cached, `alignlab/imdb_stages.py`): tokenizer → SFT π_ref on IMDb train reviews → K = 4
-samples per prompt from π_ref, 6 pairs each labelled by VADER → Bradley–Terry reward model.
+samples per prompt from π_ref, 6 pairs each labelled by the gold reward → Bradley–Terry reward
+model. The gold reward is VADER (`task.gold=vader`, the default) or a sentiment classifier
+trained on the real IMDb labels (`--set task.gold=classifier`, `alignlab/train/classifier.py`).
 Methods, each evaluated every `eval_every` steps (each evaluation one point):
 DPO β sweep, Unlikelihood α sweep, Preferred-FT over seeds, IPO / cDPO / SimPO / ORPO / KTO
 (one vectorized program per loss family: `sweep.fit_sweep`, vmapped over β/α/seed), PPO with
-the learned RM at adaptive-controller KL targets, PPO-GT (VADER as the reward), RLOO, GRPO,
+the learned RM at adaptive-controller KL targets, PPO-GT (the gold reward itself), RLOO, GRPO,
 and Best-of-N reranked by the reward model.
 
-A point = mean gold (VADER) reward ± stderr on held-out test prompts, and the sequence-level
-KL(π‖π_ref) = Σ over response tokens of the exact per-token KL of the full next-token
-distributions (the paper's footnote 3), with the sampled k1/k3 estimates beside it.
+A point (`evaluate.evaluate_sampled`) = mean gold reward ± stderr on held-out test prompts, and
+the sequence-level KL(π‖π_ref) = Σ over response tokens of the exact per-token KL of the full
+next-token distributions (the paper's footnote 3), with the sampled k1/k3 estimates beside it,
+the proxy (RM) reward, and the implicit reward's accuracy on held-out pairs. Each finished run
+also gets its win rate against π_ref samples at T ∈ {0, 0.25, 0.5, 0.75, 1} (`win_rate.jsonl`,
+collected into `win_rates.csv`; the DPO paper's Fig. 2 right with the gold reward as judge).
 Best-of-N has no per-token policy; its KL is the analytic log N − (N − 1)/N (Stiennon et al.
 2020, arXiv 2009.01325 App. G; Gao et al. 2022, arXiv 2210.10760 §2).
 
@@ -20,6 +25,7 @@ Best-of-N has no per-token policy; its KL is the analytic log N − (N − 1)/N 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -30,17 +36,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alignlab import evaluate, plots, runs
 from alignlab import imdb_stages as st
-from alignlab import plots, runs
 from alignlab.config import ModelConfig, OptimizerConfig, to_dict
 from alignlab.data import imdb
-from alignlab.data.cache import cache_root
 from alignlab.data.tokenizer import TokenizerConfig
+from alignlab.experiment import enable_compilation_cache, unknown_variant
 from alignlab.sampling import sample
 from alignlab.sweep import SweepBatches, fit_sweep, run_state
 from alignlab.train import preference, sft
 from alignlab.train import reward_model as rm
-from alignlab.train.rollout import RewardModel, from_token_lists, rollout
+from alignlab.train.rollout import RewardModel, from_token_lists
 
 VARIANTS = ('tiny', 'quick', 'paper')
 BEST_BY = ('objective', 'max')
@@ -82,7 +88,6 @@ class ImdbFrontierConfig:
 
 def get_config(variant: str = 'quick') -> ImdbFrontierConfig:
   if variant not in VARIANTS:
-    from alignlab.experiment import unknown_variant
     raise unknown_variant(variant, VARIANTS)
   if variant == 'tiny':
     task = st.ImdbTaskConfig(
@@ -119,52 +124,68 @@ def get_config(variant: str = 'quick') -> ImdbFrontierConfig:
 
 
 class Evaluator:
-  """One fixed set of held-out prompts and one sampling key for every method and step."""
+  """One fixed set of held-out prompts and one sampling key for every method and step; every
+  point comes from `alignlab.evaluate`, the same code for every method."""
 
   def __init__(self, cfg: ImdbFrontierConfig, task: st.ImdbTask):
     self.cfg, self.task = cfg, task
-    _, tokens_NxP, mask_NxP = st.prompts_for(task.cfg, task.tokenizer, 'test', cfg.n_eval_prompts, cfg.eval_seed)
+    self.prompts, tokens_NxP, mask_NxP = st.prompts_for(task.cfg, task.tokenizer, 'test', cfg.n_eval_prompts,
+                                                        cfg.eval_seed)
     self.tokens_NxP, self.mask_NxP = jnp.asarray(tokens_NxP), jnp.asarray(mask_NxP)
-    self.gold_fn = from_token_lists(task.gold)
+    self.gold_fn = from_token_lists(task.gold)  # the rollout's form, for PPO
     self.reward = RewardModel(task.reward_model.graphdef, task.reward_model.params)
     self.key = jax.random.key(cfg.eval_seed)
+    self.heldout_pairs = task.pairs.heldout
 
-  def __call__(self, params) -> dict:
-    ro = rollout(self.task.sft.graphdef, params, self.task.sft.params, self.reward, self.tokens_NxP,
-                 self.mask_NxP, self.key, self.task.cfg.sampling(1.0), gold=self.gold_fn)
-    ro = jax.device_get(ro)
-    mask_BxT = np.asarray(ro.response_mask, np.float64)
-    kl_B = (np.asarray(ro.kl, np.float64) * mask_BxT).sum(-1)
-    log_ratio_BxT = (np.asarray(ro.logprobs, np.float64) - np.asarray(ro.ref_logprobs, np.float64)) * mask_BxT
-    k3_BxT = (np.exp(-log_ratio_BxT) - 1.0 + log_ratio_BxT) * mask_BxT
-    gold_B = np.asarray(ro.gold_scores, np.float64)
-    return _point(gold_B, kl_B, log_ratio_BxT.sum(-1), k3_BxT.sum(-1), np.asarray(ro.scores, np.float64),
-                  self.cfg.eval_beta, float(np.mean(ro.has_eos)))
+  def proxy(self, tokens_BxT, attention_mask_BxT):
+    return rm.score(self.reward.graphdef, self.reward.params, tokens_BxT, attention_mask_BxT)
 
-  def best_of_n(self, n: int) -> dict:
-    """π_ref samples reranked by the learned RM (its normalized score is the proxy)."""
+  def __call__(self, params, beta: float | None = None) -> dict:
+    """A frontier point: gold ± se, Σ-token exact KL with k1/k3, J_β, the proxy reward, and
+    the implicit reward's accuracy on held-out pairs (β only scales its margin)."""
+    task, p = self.task, self.task.cfg.prompt_len
+    point = evaluate.evaluate_sampled(task.sft.graphdef, params, task.sft.params, self.prompts, task.gold,
+                                      self.key, task.cfg.sampling(1.0), self.cfg.eval_beta, self.proxy,
+                                      prompt_len=p)
+    point.update(evaluate.implicit_reward_accuracy(
+        task.sft.graphdef, params, task.sft.params, self.heldout_pairs,
+        beta=self.cfg.eval_beta if beta is None else beta, prompt_len=p))
+    point['beta'] = self.cfg.eval_beta
+    return point
+
+  @functools.cached_property
+  def reference_gold(self) -> np.ndarray:
+    """Gold rewards of one π_ref sample (T = 1) per prompt: what every win rate is against."""
+    task = self.task
+    return evaluate.gold_of_samples(task.sft.graphdef, task.sft.params, self.prompts, task.gold,
+                                    jax.random.fold_in(self.key, 1), task.cfg.sampling(1.0),
+                                    prompt_len=task.cfg.prompt_len)
+
+  def win_rates(self, params) -> list[dict]:
+    """Against `reference_gold` at each of `evaluate.TEMPERATURES`, gold as judge."""
+    task = self.task
+    return evaluate.win_rate_vs_reference(task.sft.graphdef, params, task.sft.params, self.prompts, task.gold,
+                                          jax.random.fold_in(self.key, 2), task.cfg.sampling(1.0),
+                                          prompt_len=task.cfg.prompt_len, reference_scores=self.reference_gold)
+
+  def best_of_n(self, n: int) -> tuple[dict, list[dict]]:
+    """π_ref samples reranked by the learned RM (its normalized score is the proxy): the
+    point, and the win rate at T = 1 against the π_ref samples of `win_rates`."""
     task = self.task
     tokens_BxP = jnp.repeat(self.tokens_NxP, n, axis=0)
     mask_BxP = jnp.repeat(self.mask_NxP, n, axis=0)
     out = sample(task.sft.graphdef, task.sft.params, tokens_BxP, mask_BxP,
                  jax.random.fold_in(self.key, n), task.cfg.sampling(1.0))
-    proxy_NxK = np.asarray(rm.score(self.reward.graphdef, self.reward.params, out.tokens,
-                                    out.attention_mask)).reshape(-1, n)
+    proxy_NxK = np.asarray(self.proxy(out.tokens, out.attention_mask)).reshape(-1, n)
     best_N = np.arange(len(proxy_NxK)) * n + proxy_NxK.argmax(-1)
     host = [np.asarray(x)[best_N] for x in (out.tokens, out.attention_mask, out.response_mask)]
     gold_N = self.gold_fn(*host).astype(np.float64)
     kl = math.log(n) - (n - 1) / n
-    kl_N = np.full(len(gold_N), kl)
-    return _point(gold_N, kl_N, kl_N, kl_N, proxy_NxK.max(-1).astype(np.float64), self.cfg.eval_beta,
-                  float(np.mean(((host[0] == task.tokenizer.eos_id) & (host[2] > 0)).any(-1))))
-
-
-def _point(gold_B, kl_B, k1_B, k3_B, proxy_B, beta: float, eos_fraction: float) -> dict:
-  n = len(gold_B)
-  return {'gold_reward': float(gold_B.mean()), 'gold_reward_stderr': float(gold_B.std(ddof=1) / math.sqrt(n)),
-          'kl': float(kl_B.mean()), 'kl_stderr': float(kl_B.std(ddof=1) / math.sqrt(n)),
-          'kl_k1': float(k1_B.mean()), 'kl_k3': float(k3_B.mean()), 'proxy_reward': float(proxy_B.mean()),
-          'objective': float(gold_B.mean() - beta * kl_B.mean()), 'beta': beta, 'eos_fraction': eos_fraction}
+    point = {'gold_reward': float(gold_N.mean()), 'gold_reward_stderr': float(gold_N.std(ddof=1) / math.sqrt(len(gold_N))),
+             'kl': kl, 'kl_stderr': 0.0, 'kl_k1': kl, 'kl_k3': kl, 'proxy_reward': float(proxy_NxK.max(-1).mean()),
+             'objective': float(gold_N.mean() - self.cfg.eval_beta * kl), 'beta': self.cfg.eval_beta}
+    wins = (gold_N > self.reference_gold) + 0.5 * (gold_N == self.reference_gold)
+    return point, [{'temperature': 1.0, 'win_rate': float(wins.mean()), 'n': len(wins)}]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,15 +217,18 @@ def _preference_sweep(cfg, task, evaluator, out_dir: Path, method: str, loss_nam
     return
   t0 = time.perf_counter()
 
+  betas = [v if param == 'beta' else None for v, _ in runs_]
+
   def eval_fn(state_R, step):
     del step
-    return [evaluator(run_state(state_R['params'], r)) for r in range(len(runs_))]
+    return [evaluator(run_state(state_R['params'], r), betas[r]) for r in range(len(runs_))]
 
-  fit_sweep(loss_fn, ref_params, SweepBatches(arrays, cfg.batch_size, [s for _, s in runs_]), hparams,
+  state = fit_sweep(loss_fn, ref_params, SweepBatches(arrays, cfg.batch_size, [s for _, s in runs_]), hparams,
             optimizer=cfg.optimizer, n_steps=cfg.steps, run_dirs=dirs, configs=[config] * len(dirs),
             shared={'ref_params': ref_params} if loss_name == 'kto' else None,
             mesh=task.mesh, eval_fn=eval_fn, eval_every=cfg.eval_every, desc=method, progress=progress)
-  for d in dirs:
+  for r, d in enumerate(dirs):
+    runs.write_jsonl(d / 'win_rate.jsonl', evaluator.win_rates(run_state(state['params'], r)))
     runs.mark_complete(d, wall_s=time.perf_counter() - t0, vectorized_with=len(dirs))
 
 
@@ -243,18 +267,22 @@ def _rl_run(cfg, task, evaluator, out_dir: Path, method: str, param: str, value:
         st.model_config(task.cfg, task.tokenizer), task.mesh, jax.random.key(seed),
         reward_params=task.reward_model.params if method == 'ppo' else None,
         policy_params=task.sft.params if method == 'ppo_gt' else None, zero_head=method == 'ppo_gt')
-  ppo_mod.train_ppo(pcfg, (task.sft.graphdef, task.sft.params), task.sft.params, reward, prompts_fn, run_dir,
+  state = ppo_mod.train_ppo(pcfg, (task.sft.graphdef, task.sft.params), task.sft.params, reward, prompts_fn, run_dir,
                     value=value_model, gold=gold_fn if method != 'ppo_gt' else None,
                     eval_fn=lambda state, step: evaluator(state['policy']), eval_every=cfg.ppo_eval_every or cfg.eval_every,
                     mesh=task.mesh, progress=progress, config={'method': method, param: value})
+  runs.write_jsonl(run_dir / 'win_rate.jsonl', evaluator.win_rates(state['policy']))
   runs.mark_complete(run_dir, wall_s=time.perf_counter() - t0)
 
 
 def _single_point(cfg, out_dir: Path, method: str, hparams: dict, point_fn) -> None:
-  """A method with no training (π_ref itself, Best-of-N): one evaluation point at step 0."""
+  """A method with no training (π_ref itself, Best-of-N): one evaluation point at step 0 and
+  its win rates; `point_fn() -> (point, win_rate_rows)`."""
   run_dir = runs.prepare_run(out_dir, method, hparams, 0, _run_config(cfg, method, None), experiment=EXPERIMENT)
   if not runs.is_complete(run_dir):
-    runs.write_jsonl(run_dir / 'eval.jsonl', [{'step': 0, **point_fn()}])
+    point, win_rates = point_fn()
+    runs.write_jsonl(run_dir / 'eval.jsonl', [{'step': 0, **point}])
+    runs.write_jsonl(run_dir / 'win_rate.jsonl', win_rates)
     runs.mark_complete(run_dir)
 
 
@@ -264,16 +292,14 @@ def run(cfg: ImdbFrontierConfig, out_dir: str | Path, progress: bool = True):
   `out_dir`; returns the results table (`runs.collect_results`)."""
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  if not jax.config.jax_compilation_cache_dir:
-    # Runs of one method recompile identical programs (fresh closures); the persistent cache
-    # turns every compile after the first into a load (DESIGN.md §5).
-    jax.config.update('jax_compilation_cache_dir', str(cache_root() / 'jax_compilation_cache'))
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  # Runs of one method recompile identical programs (fresh closures); the persistent cache
+  # turns every compile after the first into a load (DESIGN.md §5).
+  enable_compilation_cache()
   t0 = time.perf_counter()
   task = st.build_task(cfg.task, progress=progress)
   timings = {'stages_s': time.perf_counter() - t0}
   evaluator = Evaluator(cfg, task)
-  _single_point(cfg, out_dir, 'sft', {}, lambda: evaluator(task.sft.params))
+  _single_point(cfg, out_dir, 'sft', {}, lambda: (evaluator(task.sft.params), evaluator.win_rates(task.sft.params)))
   p = task.cfg.prompt_len
   arrays = {k: v for k, v in task.pairs.train.items() if k.endswith(('_tokens', '_mask'))}
   arrays = preference.reference_logps(task.sft.graphdef, task.sft.params, arrays, prompt_len=p)
@@ -299,6 +325,7 @@ def run(cfg: ImdbFrontierConfig, out_dir: str | Path, progress: bool = True):
     _single_point(cfg, out_dir, 'best_of_n', {'n': n}, lambda n=n: evaluator.best_of_n(n))
   df = runs.collect_results(out_dir)
   df.to_csv(out_dir / 'results.csv', index=False)
+  runs.collect_win_rates(out_dir).to_csv(out_dir / 'win_rates.csv', index=False)
   timings['total_s'] = time.perf_counter() - t0
   (out_dir / 'stages.json').write_text(json.dumps(
       {'from_cache': task.from_cache, 'reward_model': task.reward_model.metrics,
@@ -314,8 +341,14 @@ def run(cfg: ImdbFrontierConfig, out_dir: str | Path, progress: bool = True):
 
 def plot(df, out_dir: str | Path) -> list[Path]:
   """The reward–KL frontier (the DPO paper's Fig. 2 left): each evaluation a point."""
-  return [plots.plot_frontier(df, Path(out_dir) / 'frontier.png',
-                              title='IMDb sentiment: gold (VADER) reward vs Σ-token exact KL')]
+  import pandas as pd
+  out_dir = Path(out_dir)
+  paths = [plots.plot_frontier(df, out_dir / 'frontier.png',
+                               title='IMDb sentiment: gold reward vs Σ-token exact KL')]
+  if (out_dir / 'win_rates.csv').exists():
+    paths.append(plots.plot_win_rates(pd.read_csv(out_dir / 'win_rates.csv'), out_dir / 'win_rates.png',
+                                      title='IMDb: win rate vs π_ref, gold reward as judge'))
+  return paths
 
 
 def summary(df) -> str:

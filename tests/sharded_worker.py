@@ -12,7 +12,6 @@ import json  # noqa: E402
 import sys  # noqa: E402
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
@@ -37,7 +36,6 @@ def dpo_loss_fn(params, graphdef, batch):
 
 
 def dpo_batch(rng):
-  from alignlab.train.preference import reference_logps
   out = {}
   for side in ('chosen', 'rejected'):
     tokens = rng.integers(1, 64, (8, 12)).astype(np.int32)

@@ -30,6 +30,18 @@ def test_tiny_end_to_end_then_reuses_stages(tmp_path):
   assert (csv['kl'] >= -1e-5).all()
   assert abs(float(csv[csv['method'] == 'sft']['kl'].iloc[0])) < 1e-4
   assert (tmp_path / 'run1' / 'frontier.png').stat().st_size > 0
+  # Every policy's point ranks held-out pairs with the implicit reward (Best-of-N has no
+  # policy); π_ref's log-ratio is 0 for every response, so its pairs are all ties (½ each).
+  policies = csv[csv['method'] != 'best_of_n']
+  assert np.all((policies['implicit_accuracy'] >= 0) & (policies['implicit_accuracy'] <= 1))
+  assert float(csv[csv['method'] == 'sft']['implicit_accuracy'].iloc[0]) == 0.5
+  # Every finished run has its win rates against π_ref at T = 0 … 1 (Best-of-N at T = 1).
+  wr = exp_pd_read(tmp_path / 'run1' / 'win_rates.csv')
+  assert set(wr['method']) == set(csv['method'])
+  dpo_wr = wr[wr['method'] == 'dpo']
+  assert sorted(set(dpo_wr['temperature'])) == [0.0, 0.25, 0.5, 0.75, 1.0]
+  assert set(wr[wr['method'] == 'best_of_n']['temperature']) == {1.0}
+  assert np.all((wr['win_rate'] >= 0) & (wr['win_rate'] <= 1))
   assert len(df) == len(csv)
   first = json.loads((tmp_path / 'run1' / 'stages.json').read_text())['from_cache']
   assert not any(first.values()), first
@@ -73,3 +85,40 @@ def test_stage_cache_key_changes_with_sft_config():
   # The tokenizer is: a different one gives another π_ref.
   tok.fingerprint = 'xyz'
   assert config_hash(st.sft_key(cfg, tok)) != base
+
+
+def test_interrupted_sft_stage_resumes_and_matches_an_uninterrupted_one(tmp_path, monkeypatch):
+  from alignlab import sharding
+  from alignlab.data.cache import work_dir
+  base = exp.get_config('tiny').task
+  cfg = dataclasses.replace(base, sft=dataclasses.replace(base.sft, save_every=4))
+  mesh = sharding.make_mesh()
+  monkeypatch.setenv('ALIGNLAB_CACHE', str(tmp_path / 'whole'))
+  tok = st.tokenizer_stage(cfg)
+  whole = st.sft_stage(cfg, tok, mesh, progress=False)
+
+  monkeypatch.setenv('ALIGNLAB_CACHE', str(tmp_path / 'killed'))
+  tok = st.tokenizer_stage(cfg)
+  real_fit = st.fit
+
+  def killed_fit(*args, **kwargs):
+    real_fit(*args, stop_after=6, **kwargs)  # checkpoints at 4 and, on stopping, at 6
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(st, 'fit', killed_fit)
+  with pytest.raises(KeyboardInterrupt):
+    st.sft_stage(cfg, tok, mesh, progress=False)
+  target = whole.directory.parent.parent.parent / 'killed' / 'imdb_sft' / whole.directory.name
+  assert not target.exists() and (work_dir(target) / 'checkpoints' / '6').is_dir()
+  monkeypatch.setattr(st, 'fit', real_fit)
+  resumed = st.sft_stage(cfg, tok, mesh, progress=False)
+  assert resumed.directory == target and not work_dir(target).exists()
+  steps = [json.loads(line)['step'] for line in (target / 'run' / 'metrics.jsonl').read_text().splitlines()]
+  assert steps == list(range(1, cfg.sft.steps + 1))  # 1..6 before the kill, 7.. after
+  for a, b in zip(jax_leaves(whole.params), jax_leaves(resumed.params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def jax_leaves(tree):
+  import jax
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]

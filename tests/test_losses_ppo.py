@@ -7,7 +7,6 @@ import math
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl.testing import parameterized
 

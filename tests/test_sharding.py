@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from alignlab import sharding
-from alignlab.config import ConfigError, MeshConfig, ModelConfig
-from alignlab.heads import CausalLM
+from alignlab.config import ConfigError, MeshConfig
 
 
 def test_eight_devices_match_one():

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from alignlab import sharding
 from alignlab.checkpoint import Checkpointer

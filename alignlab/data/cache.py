@@ -56,3 +56,22 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     shutil.rmtree(tmp, ignore_errors=True)
     if not target.is_dir():
       raise
+
+
+WORK_PREFIX = '.work-'
+
+
+def work_dir(target: str | os.PathLike[str]) -> Path:
+  """A persistent scratch dir beside the cache entry `target`, for the training run that
+  produces it: its checkpoints survive an interruption, so the next call resumes instead of
+  starting over. Once the entry is complete the stage copies the run's logs into it
+  (`copy_logs`) and removes the scratch dir."""
+  target = Path(target)
+  return target.parent / f'{WORK_PREFIX}{target.name}'
+
+
+def copy_logs(run_dir: Path, into: Path) -> None:
+  """Copies a run's logs (`*.jsonl`, not its checkpoints) into a cache entry's temp dir."""
+  into.mkdir(parents=True, exist_ok=True)
+  for log in run_dir.glob('*.jsonl'):
+    shutil.copy2(log, into / log.name)

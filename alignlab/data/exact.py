@@ -391,16 +391,17 @@ class PreferencePairs(NamedTuple):
 
 
 def sample_pairs_bt(key: jax.Array, cfg: ExactTaskConfig, ref_logp: jax.Array, r: jax.Array,
-                    n_pairs_per_prompt: int) -> PreferencePairs:
-  """Draw y1, y2 i.i.d. from π_ref(·|x) for every prompt and label them with the Bradley–Terry
-  model of the gold reward, P(y1 ≻ y2) = σ(r(x,y1) − r(x,y2)) (DPO paper, arXiv 2305.18290,
-  Eq. 1). Identical pairs (y1 = y2) are kept, as i.i.d. sampling gives them; they carry no
-  signal for pairwise losses. Jittable with `cfg` and `n_pairs_per_prompt` static."""
-  ref_logp_PxY = jnp.asarray(ref_logp)
+                    n_pairs_per_prompt: int, sample_logp: jax.Array | None = None) -> PreferencePairs:
+  """Draw y1, y2 i.i.d. from π_ref(·|x) (or from `sample_logp`, (P, Y) log-probs of another
+  distribution over responses) for every prompt and label them with the Bradley–Terry model
+  of the gold reward, P(y1 ≻ y2) = σ(r(x,y1) − r(x,y2)) (DPO paper, arXiv 2305.18290, Eq. 1).
+  Identical pairs (y1 = y2) are kept, as i.i.d. sampling gives them; they carry no signal for
+  pairwise losses. Jittable with `cfg` and `n_pairs_per_prompt` static."""
+  draw_logp_PxY = jnp.asarray(ref_logp if sample_logp is None else sample_logp)
   r_PxY = jnp.asarray(r)
-  n_prompts = ref_logp_PxY.shape[0]
+  n_prompts = draw_logp_PxY.shape[0]
   draw_key, label_key = jax.random.split(key)
-  index_2xNxP = jax.random.categorical(draw_key, ref_logp_PxY, axis=-1,
+  index_2xNxP = jax.random.categorical(draw_key, draw_logp_PxY, axis=-1,
                                        shape=(2, n_pairs_per_prompt, n_prompts))
   first_PxN, second_PxN = index_2xNxP[0].T, index_2xNxP[1].T
   r_first_PxN = jnp.take_along_axis(r_PxY, first_PxN, axis=-1)

@@ -1,4 +1,5 @@
-"""Reward-model losses: Bradley–Terry on pairs of scalar rewards."""
+"""Reward-model losses: Bradley–Terry on pairs of scalar rewards, and the logistic loss of a
+classifier trained on labels (the IMDb sentiment classifier used as a gold reward)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,34 @@ def bradley_terry(*, chosen_rewards: jax.Array, rejected_rewards: jax.Array,
   return loss, metrics
 
 
+def logistic(*, logits: jax.Array, labels: jax.Array,
+             example_mask: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Binary cross-entropy of a scalar logit against a 0/1 label (logistic regression on the
+  sequence score):
+
+      loss = mean_b −[y_b·log σ(s_b) + (1 − y_b)·log σ(−s_b)]
+
+  Metrics (detached, masked means): `accuracy` (sign of s agrees with y; s = 0 counts as
+  negative), `prob/positive` (mean σ(s)); and `loss_sum`, `count` as in `bradley_terry`.
+  """
+  logits_B = logits.astype(jnp.float32)
+  labels_B = labels.astype(jnp.float32)
+  losses_B = -(labels_B * jax.nn.log_sigmoid(logits_B) + (1.0 - labels_B) * jax.nn.log_sigmoid(-logits_B))
+  loss, loss_sum, count = masked_sum_count(losses_B, example_mask)
+
+  def mean(x_B):
+    return jax.lax.stop_gradient(masked_sum_count(x_B, example_mask)[0])
+
+  metrics = {
+      'accuracy': mean(((logits_B > 0) == (labels_B > 0.5)).astype(jnp.float32)),
+      'prob/positive': mean(jax.nn.sigmoid(logits_B)),
+      'loss_sum': loss_sum,
+      'count': count,
+  }
+  return loss, metrics
+
+
 REWARD_LOSSES: dict[str, Callable[..., tuple[jax.Array, dict[str, jax.Array]]]] = {
     'bradley_terry': bradley_terry,
+    'logistic': logistic,
 }

@@ -67,14 +67,16 @@ def fit_reference(cfg: exact.ExactTaskConfig, model_cfg: ModelConfig, run_dir: s
 
 
 def fresh_pair_batches(cfg: exact.ExactTaskConfig, ref_logp_PxY, r_PxY, *, pairs_per_prompt: int,
-                       seed: int = 0):
-  """`batch_at(step)`: new pairs from π_ref every step, labelled by the Bradley–Terry model of
-  the gold reward — "ample preference data", so training follows the population loss whose
-  optimum (for DPO) is π* (arXiv 2305.18290, §4). Reference log-probs come from the exact
-  table, so no reference forward pass is needed."""
+                       seed: int = 0, sample_logp_PxY=None):
+  """`batch_at(step)`: new pairs every step, labelled by the Bradley–Terry model of the gold
+  reward — "ample preference data", so training follows the population loss whose optimum
+  (for DPO) is π* (arXiv 2305.18290, §4) whatever distribution with full support the
+  responses are drawn from: π_ref by default, `sample_logp_PxY` if given. Reference log-probs
+  come from the exact table, so no reference forward pass is needed."""
   ref_logp_PxY = jnp.asarray(ref_logp_PxY)
   draw = jax.jit(functools.partial(exact.sample_pairs_bt, cfg=cfg, ref_logp=ref_logp_PxY,
-                                   r=jnp.asarray(r_PxY), n_pairs_per_prompt=pairs_per_prompt))
+                                   r=jnp.asarray(r_PxY), n_pairs_per_prompt=pairs_per_prompt,
+                                   sample_logp=None if sample_logp_PxY is None else jnp.asarray(sample_logp_PxY)))
 
   def batch_at(step: int) -> dict[str, np.ndarray]:
     pairs = draw(jax.random.fold_in(jax.random.key(seed), step))

@@ -10,7 +10,6 @@ applied inside the transformation.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from alignlab.config import ConfigError, OptimizerConfig
