@@ -15,10 +15,13 @@ from experiments import imdb_frontier as exp
 
 @pytest.mark.slow
 def test_tiny_end_to_end_then_reuses_stages(tmp_path):
-  cfg = exp.get_config('tiny')
+  # tiny plus every method that only `paper` runs, so that each code path runs end to end.
+  cfg = dataclasses.replace(exp.get_config('tiny'), rloo_grpo=True, other_losses=(
+      ('ipo', 0.1), ('cdpo', 0.1), ('simpo', 2.0), ('orpo', 0.1), ('kto', 0.1)))
   df = exp.run(cfg, tmp_path / 'run1', progress=False)
   csv = exp_pd_read(tmp_path / 'run1' / 'results.csv')
-  expected = {'sft', 'dpo', 'preferred_ft', 'ppo', 'best_of_n'}
+  expected = {'sft', 'dpo', 'preferred_ft', 'ppo', 'best_of_n', 'ipo', 'cdpo', 'simpo', 'orpo', 'kto',
+              'rloo', 'grpo'}
   assert expected <= set(csv['method'])
   for col in ('gold_reward', 'gold_reward_stderr', 'kl', 'kl_k1', 'kl_k3', 'proxy_reward', 'objective'):
     assert np.all(np.isfinite(csv[col].to_numpy(float))), col
@@ -49,8 +52,8 @@ def test_tiny_end_to_end_then_reuses_stages(tmp_path):
   # Run again: no stage is trained again, and finished runs are not retrained (their
   # checkpoints' step stays, their eval.jsonl gains no line).
   evals = {p: p.read_text() for p in (tmp_path / 'run1').glob('*/eval.jsonl')}
-  # sft, the dpo runs, preferred_ft, ppo, best_of_n per N
-  assert len(evals) == 1 + len(cfg.dpo_betas) + 2 + len(cfg.bon_ns)
+  # sft, the dpo runs, the other losses, preferred_ft, ppo, rloo, grpo, best_of_n per N
+  assert len(evals) == 1 + len(cfg.dpo_betas) + len(cfg.other_losses) + 4 + len(cfg.bon_ns)
   again = exp.run(cfg, tmp_path / 'run1', progress=False)
   second = json.loads((tmp_path / 'run1' / 'stages.json').read_text())['from_cache']
   assert all(second.values()), second

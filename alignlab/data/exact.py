@@ -390,6 +390,17 @@ class PreferencePairs(NamedTuple):
   p: jax.Array  # (N,) float32
 
 
+def sample_indices(key: jax.Array, logp_PxY: jax.Array, n: int) -> jax.Array:
+  """`n` i.i.d. response indices per prompt from the rows of `logp_PxY`, (P, n) int32, by
+  inverse CDF: one uniform per draw and a binary search, instead of a Gumbel per response per
+  draw (`jax.random.categorical`, n·Y random numbers per prompt). A response of probability 0
+  is never drawn (`side='right'` skips the flat stretches of the CDF)."""
+  cdf_PxY = jnp.cumsum(jnp.exp(logp_PxY - jax.nn.logsumexp(logp_PxY, axis=-1, keepdims=True)), axis=-1)
+  u_PxN = jax.random.uniform(key, (logp_PxY.shape[0], n)) * cdf_PxY[:, -1:]
+  index_PxN = jax.vmap(lambda cdf_Y, u_N: jnp.searchsorted(cdf_Y, u_N, side='right'))(cdf_PxY, u_PxN)
+  return jnp.minimum(index_PxN, logp_PxY.shape[-1] - 1).astype(jnp.int32)
+
+
 def sample_pairs_bt(key: jax.Array, cfg: ExactTaskConfig, ref_logp: jax.Array, r: jax.Array,
                     n_pairs_per_prompt: int, sample_logp: jax.Array | None = None) -> PreferencePairs:
   """Draw y1, y2 i.i.d. from π_ref(·|x) (or from `sample_logp`, (P, Y) log-probs of another
@@ -401,9 +412,8 @@ def sample_pairs_bt(key: jax.Array, cfg: ExactTaskConfig, ref_logp: jax.Array, r
   r_PxY = jnp.asarray(r)
   n_prompts = draw_logp_PxY.shape[0]
   draw_key, label_key = jax.random.split(key)
-  index_2xNxP = jax.random.categorical(draw_key, draw_logp_PxY, axis=-1,
-                                       shape=(2, n_pairs_per_prompt, n_prompts))
-  first_PxN, second_PxN = index_2xNxP[0].T, index_2xNxP[1].T
+  index_PxM = sample_indices(draw_key, draw_logp_PxY, 2 * n_pairs_per_prompt)
+  first_PxN, second_PxN = index_PxM[:, :n_pairs_per_prompt], index_PxM[:, n_pairs_per_prompt:]
   r_first_PxN = jnp.take_along_axis(r_PxY, first_PxN, axis=-1)
   r_second_PxN = jnp.take_along_axis(r_PxY, second_PxN, axis=-1)
   p_first_PxN = jax.nn.sigmoid(r_first_PxN - r_second_PxN)
