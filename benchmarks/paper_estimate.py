@@ -156,7 +156,8 @@ def main():
             'preference_step': offline_runs * cfg.steps,
             'eval_point': offline_runs * evals_per_offline + rl_runs * evals_per_rl + 1 + len(cfg.bon_ns),
             'ppo_iteration': rl_runs * cfg.ppo_iterations}
-  s['ppo_iteration'] = 2 * s['ppo_sample'] + 2 * cfg.ppo_epochs * s['ppo_update_pass']  # sample+score, policy+value
+  ppo_epochs = 4  # PPOConfig's default, which the experiment keeps
+  s['ppo_iteration'] = 2 * s['ppo_sample'] + 2 * ppo_epochs * s['ppo_update_pass']  # sample+score, policy+value
   # win rates at the end of each run: 5 temperatures + the shared π_ref draw ≈ 6 evaluation samplings
   counts['eval_point'] += (offline_runs + rl_runs) * 6
   out['calls'] = counts

@@ -101,13 +101,17 @@ def get_config(variant: str = 'quick') -> ImdbFrontierConfig:
         other_losses=(), ppo_kl_targets=(6.0,), ppo_gt=False, rloo_grpo=False,
         ppo_iterations=2, ppo_prompts=8, bon_ns=(1, 4), eval_every=2, n_eval_prompts=64)
   if variant == 'quick':
-    # Sized for ≤ 10 min on 2 shared CPU cores: a subset of the paper's sweeps.
+    # Sized for ≤ 10 min on 2 CPU cores: every method, a subset of the paper's sweeps, one seed.
     task = st.ImdbTaskConfig(
         sft=st.SftConfig(steps=200, optimizer=OptimizerConfig(learning_rate=3e-3, schedule='cosine',
                                                                warmup_steps=20, total_steps=200)),
-        reward_model=st.RewardModelConfig(steps=150))
-    return ImdbFrontierConfig(task=task, steps=100, unlikelihood_alphas=(0.1, 1.0), other_losses=(('ipo', 0.1),),
-                              ppo_kl_targets=(3.0, 9.0), rloo_grpo=False, ppo_iterations=40, ppo_eval_every=10)
+        # 1,024 prompts and 600 steps: the RM reaches 0.69 held-out accuracy (150 steps on 512
+        # prompts: 0.49, chance; PPO then has nothing to optimize).
+        pairs=st.PairsStageConfig(n_prompts=1024),
+        reward_model=st.RewardModelConfig(steps=600, batch_size=64,
+                                          optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=20)))
+    return ImdbFrontierConfig(task=task, steps=100, unlikelihood_alphas=(0.1, 1.0),
+                              ppo_kl_targets=(3.0, 9.0), ppo_iterations=40, ppo_eval_every=10)
   task = st.ImdbTaskConfig(
       tokenizer=TokenizerConfig(vocab_size=8192),
       model=ModelConfig(vocab_size=8192, max_seq_len=128, d_model=256, n_layers=4, n_heads=4),
