@@ -129,6 +129,7 @@ class ImdbTask(NamedTuple):
   pairs: Pairs
   reward_model: RewardStage
   mesh: Any
+  gold_info: dict  # `gold_reward`'s description: name, and the classifier's held-out accuracy
 
   @property
   def from_cache(self) -> dict[str, bool]:
@@ -285,13 +286,15 @@ def reward_model_stage(cfg: ImdbTaskConfig, tok: Tokenizer, policy: Policy, pair
 GOLD_REWARDS = ('vader', 'classifier')
 
 
-def gold_reward(cfg: ImdbTaskConfig, tok: Tokenizer, mesh, *, progress: bool = True) -> tuple[Reward, str]:
-  """The task's gold reward and the name that keys the caches built from its labels."""
+def gold_reward(cfg: ImdbTaskConfig, tok: Tokenizer, mesh, *, progress: bool = True) -> tuple[Reward, dict]:
+  """The task's gold reward and its description: `name` keys the caches built from its labels;
+  the classifier's adds its held-out accuracy."""
   if cfg.gold == 'vader':
-    return VaderReward(tok), 'vader'
+    return VaderReward(tok), {'name': 'vader'}
   if cfg.gold == 'classifier':
     stage = classifier_stage(cfg.classifier, cfg.data, tok, mesh, progress=progress)
-    return stage.reward(tok), f'classifier/{stage.directory.name}'
+    return stage.reward(tok), {'name': f'classifier/{stage.directory.name}', 'from_cache': stage.from_cache,
+                               **stage.metrics}
   raise ValueError(f'task.gold must be one of {GOLD_REWARDS}, got {cfg.gold!r}')
 
 
@@ -301,15 +304,15 @@ def build_task(cfg: ImdbTaskConfig, *, mesh=None, progress: bool = True) -> Imdb
   stages = tqdm(total=4, desc='imdb stages', disable=not progress)
   tok = tokenizer_stage(cfg)
   stages.update(1)
-  gold, gold_name = gold_reward(cfg, tok, mesh, progress=progress)
+  gold, gold_info = gold_reward(cfg, tok, mesh, progress=progress)
   policy = sft_stage(cfg, tok, mesh, progress=progress)
   stages.update(1)
-  pairs = pairs_stage(cfg, tok, policy, gold, progress=progress, gold_name=gold_name)
+  pairs = pairs_stage(cfg, tok, policy, gold, progress=progress, gold_name=gold_info['name'])
   stages.update(1)
   reward = reward_model_stage(cfg, tok, policy, pairs, mesh, progress=progress)
   stages.update(1)
   stages.close()
-  return ImdbTask(cfg, tok, gold, policy, pairs, reward, mesh)
+  return ImdbTask(cfg, tok, gold, policy, pairs, reward, mesh, gold_info)
 
 
 def stage_keys(cfg: ImdbTaskConfig, tok: Tokenizer) -> dict[str, str]:

@@ -332,7 +332,7 @@ def run(cfg: ImdbFrontierConfig, out_dir: str | Path, progress: bool = True):
   runs.collect_win_rates(out_dir).to_csv(out_dir / 'win_rates.csv', index=False)
   timings['total_s'] = time.perf_counter() - t0
   (out_dir / 'stages.json').write_text(json.dumps(
-      {'from_cache': task.from_cache, 'reward_model': task.reward_model.metrics,
+      {'from_cache': task.from_cache, 'gold': task.gold_info, 'reward_model': task.reward_model.metrics,
        'pairs': dataclasses.asdict(task.pairs.dataset.stats), 'timings': timings,
        'config': to_dict(cfg)}, indent=2, default=str))
   plot(df, out_dir)

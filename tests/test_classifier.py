@@ -94,3 +94,20 @@ def test_reward_is_the_probability_of_bos_plus_text(stage):
   assert reward([], []).shape == (0,)
   with pytest.raises(ValueError):
     reward([prompt], [])
+
+
+def test_task_gold_switch(monkeypatch, tmp_path):
+  from alignlab import imdb_stages as st
+  from alignlab import sharding
+  from alignlab.rewards import ClassifierReward, VaderReward
+  from experiments import imdb_frontier as exp
+  tiny_clf = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, d_model=16, d_ff=32),
+                                 steps=3, optimizer=OptimizerConfig(learning_rate=1e-3))
+  cfg = dataclasses.replace(exp.get_config('tiny').task, gold='classifier', classifier=tiny_clf)
+  tok = st.tokenizer_stage(cfg)
+  reward, info = st.gold_reward(cfg, tok, sharding.make_mesh(), progress=False)
+  assert isinstance(reward, ClassifierReward) and info['name'].startswith('classifier/')
+  assert set(info['heldout_accuracy']) == {'64'} and not info['from_cache']
+  assert isinstance(st.gold_reward(dataclasses.replace(cfg, gold='vader'), tok, None)[0], VaderReward)
+  with pytest.raises(ValueError, match="task.gold must be one of"):
+    st.gold_reward(dataclasses.replace(cfg, gold='gpt4'), tok, None)
