@@ -488,3 +488,19 @@ def test_preference_batch():
   np.testing.assert_array_equal(batch['chosen_response_mask'], np.tile([0, 1, 1], (6, 1)))
   np.testing.assert_array_equal(batch['rejected_attention_mask'], np.ones((6, 3)))
   assert batch['chosen_score'].dtype == np.float32
+
+
+def test_sample_pairs_bt_from_another_distribution():
+  # `sample_logp` replaces π_ref as the distribution of the compared responses (uniform here);
+  # the labels still follow the Bradley–Terry model of r.
+  cfg = TINY
+  r = exact.gold_reward(cfg)
+  ref = exact.random_reference(cfg)
+  n_pairs = 40_000
+  pairs = exact.sample_pairs_bt(jax.random.key(5), cfg, ref, r, n_pairs, sample_logp=jnp.zeros_like(ref))
+  both = np.concatenate([np.asarray(pairs.chosen_index), np.asarray(pairs.rejected_index)])
+  freq = np.bincount(both, minlength=cfg.n_responses) / len(both)
+  expected = 1.0 / cfg.n_responses
+  assert np.all(np.abs(freq - expected) <= 5 * np.sqrt(expected / len(both)))
+  np.testing.assert_allclose(pairs.p, _sigmoid(np.asarray(pairs.chosen_score) - np.asarray(pairs.rejected_score)),
+                             rtol=1e-5)

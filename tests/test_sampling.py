@@ -9,7 +9,7 @@ from flax import nnx
 from alignlab import sharding
 from alignlab.config import ModelConfig, SamplingConfig
 from alignlab.heads import CausalLM
-from alignlab.sampling import filter_logits, sample
+from alignlab.sampling import filter_logits, inverse_cdf, sample
 
 
 def _init(cfg, seed=0):
@@ -124,3 +124,30 @@ def test_too_long_rejected():
   prompt, mask = _prompts(cfg, np.random.default_rng(0))
   with pytest.raises(ValueError, match='max_seq_len'):
     sample(graphdef, params, prompt, mask, jax.random.key(0), SamplingConfig(max_new_tokens=100))
+
+
+def test_inverse_cdf_matches_the_weights_and_skips_zero_weights():
+  # 300 entries (not a multiple of the 128-entry block: the last block is padded), whole
+  # blocks of zero weight, zeros inside blocks, and a zero tail.
+  rng = np.random.default_rng(0)
+  w = rng.gamma(0.5, size=300)
+  w[:128] = 0.0
+  w[rng.choice(300, 80, replace=False)] = 0.0
+  w[290:] = 0.0
+  p = w / w.sum()
+  n = 200_000
+  u = jax.random.uniform(jax.random.key(0), (n,))
+  u = u.at[:3].set(jnp.asarray([0.0, 1.0 - 2.0 ** -24, 0.5]))  # the ends of [0, 1)
+  draws = np.asarray(inverse_cdf(jnp.broadcast_to(jnp.asarray(w, jnp.float32), (n, 300)), u))
+  assert draws.min() >= 0 and draws.max() < 300
+  assert np.all(w[draws] > 0), 'drew an entry of weight 0'
+  freq = np.bincount(draws, minlength=300) / n
+  support = p > 0
+  chi2 = float(n * np.sum((freq[support] - p[support]) ** 2 / p[support]))
+  dof = int(support.sum()) - 1
+  assert chi2 < dof + 6 * np.sqrt(2 * dof), (chi2, dof)  # mean dof, std sqrt(2 dof)
+  # And exactly the one-level inverse CDF away from float ties: index of the first C > u·C[-1].
+  grid = jnp.linspace(0.001, 0.999, 997)
+  want = np.searchsorted(np.cumsum(w) / w.sum(), np.asarray(grid), side='right')
+  got = np.asarray(inverse_cdf(jnp.broadcast_to(jnp.asarray(w, jnp.float32), (997, 300)), grid))
+  assert np.mean(got == want) > 0.99
