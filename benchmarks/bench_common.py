@@ -94,3 +94,30 @@ def env_info() -> dict:
           'device': str(jax.devices()[0].device_kind), 'cpu': cpu_model(),
           'cores': os.cpu_count(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
           'loadavg_end': loadavg()}
+
+
+def trace_op_times(trace_dir: str) -> tuple[str, Any, Any]:
+  """`(path, total_us, count)` per event name of the jax.profiler trace written to `trace_dir`
+  (Counters over the complete 'X' events)."""
+  import collections
+  import glob
+  import gzip
+  path = glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'), recursive=True)[0]
+  total, count = collections.Counter(), collections.Counter()
+  for e in json.load(gzip.open(path))['traceEvents']:
+    if e.get('ph') == 'X' and 'dur' in e:
+      total[e['name']] += e['dur']
+      count[e['name']] += 1
+  return path, total, count
+
+
+def hlo_op_shapes(hlo_text: str, width: int = 150) -> dict[str, str]:
+  """Instruction name → the start of its definition (shape and operands) in optimized HLO text,
+  to label the ops of a trace."""
+  shapes = {}
+  for line in hlo_text.splitlines():
+    line = line.strip()
+    if line.startswith('%') and ' = ' in line:
+      name, rest = line[1:].split(' = ', 1)
+      shapes[name] = rest[:width]
+  return shapes

@@ -7,11 +7,6 @@ the top XLA ops per decode step.
 from __future__ import annotations
 
 import argparse
-import collections
-import glob
-import gzip
-import json
-import os
 import tempfile
 
 import bench_common as bc
@@ -47,19 +42,9 @@ def main():
   for i in range(args.calls):
     jax.block_until_ready(sample(graphdef, params, prompts, mask, jax.random.key(i), scfg))
   jax.profiler.stop_trace()
-  path = glob.glob(os.path.join(d, '**', '*.trace.json.gz'), recursive=True)[0]
-  total, count = collections.Counter(), collections.Counter()
-  for e in json.load(gzip.open(path))['traceEvents']:
-    if e.get('ph') == 'X' and 'dur' in e:
-      total[e['name']] += e['dur']
-      count[e['name']] += 1
-  hlo = sample.lower(graphdef, params, prompts, mask, jax.random.key(0), scfg).compile().as_text()
-  shapes = {}
-  for line in hlo.splitlines():
-    line = line.strip()
-    if line.startswith('%') and ' = ' in line:
-      name, rest = line[1:].split(' = ', 1)
-      shapes[name] = rest[:110]
+  path, total, count = bc.trace_op_times(d)
+  shapes = bc.hlo_op_shapes(sample.lower(graphdef, params, prompts, mask, jax.random.key(0), scfg).compile().as_text(),
+                            width=110)
   steps = args.calls * args.new_tokens
   bc.log(f'trace: {path}')
   for name, us in total.most_common(args.top):

@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
-import gzip
-import json
-import os
 import tempfile
 
 import bench_common as bc
@@ -42,22 +38,9 @@ def main():
       state, m = step(state, batch, hp)
     jax.block_until_ready(state)
     jax.profiler.stop_trace()
-  path = glob.glob(os.path.join(d, '**', '*.trace.json.gz'), recursive=True)[0]
-  events = json.load(gzip.open(path))['traceEvents']
-  tot = collections.Counter()
-  cnt = collections.Counter()
-  for e in events:
-    if e.get('ph') == 'X' and 'dur' in e:
-      tot[e['name']] += e['dur']
-      cnt[e['name']] += 1
+  path, tot, cnt = bc.trace_op_times(d)
   bc.log(f'trace: {path}')
-  hlo = step.lower(state, batch, hp).compile().as_text()
-  shapes = {}
-  for line in hlo.splitlines():
-    line = line.strip()
-    if line.startswith('%') and ' = ' in line:
-      name, rest = line[1:].split(' = ', 1)
-      shapes[name] = rest[:150]
+  shapes = bc.hlo_op_shapes(step.lower(state, batch, hp).compile().as_text())
   skip = ('ThunkExecutor', '$', 'SlinkyThreadPool', 'Thunk')
   ops = {k: v for k, v in tot.items() if not k.startswith(skip) and k in shapes}
   total = sum(ops.values())
