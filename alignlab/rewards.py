@@ -68,26 +68,15 @@ class ClassifierReward:
     self.batch_size = batch_size
 
   def logits(self, prompts: Sequence[TokenIds], responses: Sequence[TokenIds]) -> np.ndarray:
-    import jax.numpy as jnp
-
-    from alignlab.train.classifier import prefix_rows
-    from alignlab.train.reward_model import score
+    from alignlab.train.classifier import logits_of_rows, prefix_rows
     if len(prompts) != len(responses):
       raise ValueError(f'{len(prompts)} prompts but {len(responses)} responses')
     tok = self.tokenizer
     special = {tok.pad_id, tok.bos_id, tok.eos_id}
     ids = [[int(t) for t in list(p) + list(r) if int(t) not in special] for p, r in zip(prompts, responses)]
-    if not ids:
-      return np.zeros((0,), np.float32)
-    lengths_N = np.asarray([min(len(seq), self.width - 1) for seq in ids])
+    lengths_N = np.asarray([min(len(seq), self.width - 1) for seq in ids], np.int64)
     tokens_NxT, mask_NxT = prefix_rows(ids, lengths_N, bos_id=tok.bos_id, pad_id=tok.pad_id, width=self.width)
-    n, b = len(ids), self.batch_size
-    out = []
-    for start in range(0, n, b):
-      idx = np.arange(start, start + b) % n
-      out.append(np.asarray(score(self.graphdef, self.params, jnp.asarray(tokens_NxT[idx]),
-                                  jnp.asarray(mask_NxT[idx])))[:min(b, n - start)])
-    return np.concatenate(out).astype(np.float32)
+    return logits_of_rows(self.graphdef, self.params, tokens_NxT, mask_NxT, batch_size=self.batch_size)
 
   def __call__(self, prompts: Sequence[TokenIds], responses: Sequence[TokenIds]) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-self.logits(prompts, responses).astype(np.float64)))).astype(np.float32)

@@ -39,7 +39,7 @@ from alignlab.data.tokenizer import Tokenizer
 from alignlab.heads import last_token_value
 from alignlab.losses.reward import logistic
 from alignlab.train.batches import ArrayBatches
-from alignlab.train.reward_model import cached_scalar_model
+from alignlab.train.reward_model import cached_scalar_model, score
 from alignlab.train.run import fit
 
 STAGE_VERSION = 1
@@ -109,18 +109,24 @@ def make_loss_fn(graphdef):
   return loss_fn
 
 
-def accuracy(graphdef, params, tokens_NxT: np.ndarray, mask_NxT: np.ndarray, labels_N: np.ndarray,
-             *, batch_size: int = 256) -> float:
-  """Fraction of rows whose logit has the label's sign; fixed-shape batches (one compile)."""
-  from alignlab.train.reward_model import score
-  n = len(labels_N)
-  correct = 0
+def logits_of_rows(graphdef, params, tokens_NxT: np.ndarray, mask_NxT: np.ndarray, *,
+                   batch_size: int = 256) -> np.ndarray:
+  """The classifier's logit of every row, (N,) float32, in fixed-shape batches (the last one
+  filled with repeats), so any N reuses one compiled scorer."""
+  n = len(tokens_NxT)
+  out = []
   for start in range(0, n, batch_size):
     idx = np.arange(start, start + batch_size) % n
-    logits_B = np.asarray(score(graphdef, params, jnp.asarray(tokens_NxT[idx]), jnp.asarray(mask_NxT[idx])))
-    keep = np.arange(start, start + batch_size) < n
-    correct += int(((logits_B > 0) == (labels_N[idx] > 0))[keep].sum())
-  return correct / n
+    logits_B = score(graphdef, params, jnp.asarray(tokens_NxT[idx]), jnp.asarray(mask_NxT[idx]))
+    out.append(np.asarray(logits_B)[:min(batch_size, n - start)])
+  return np.concatenate(out).astype(np.float32) if out else np.zeros((0,), np.float32)
+
+
+def accuracy(graphdef, params, tokens_NxT: np.ndarray, mask_NxT: np.ndarray, labels_N: np.ndarray,
+             *, batch_size: int = 256) -> float:
+  """Fraction of rows whose logit has the label's sign."""
+  logits_N = logits_of_rows(graphdef, params, tokens_NxT, mask_NxT, batch_size=batch_size)
+  return float(np.mean((logits_N > 0) == (labels_N > 0)))
 
 
 def cache_key(cfg: ClassifierConfig, data: imdb.ImdbConfig, tok: Tokenizer) -> dict:
