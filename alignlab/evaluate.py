@@ -216,7 +216,8 @@ def sequence_kl_terms(graphdef, params, ref_params, tokens_BxT, attention_mask_B
           'length': response_mask_BxT.sum(-1)}
 
 
-def _mean_stderr(name: str, values: np.ndarray) -> dict[str, float]:
+def mean_stderr(name: str, values: np.ndarray) -> dict[str, float]:
+  """`{name: mean, name_stderr: standard error}` of `values` (NaN error for a single value)."""
   values = np.asarray(values, np.float64)
   stderr = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float('nan')
   return {name: float(values.mean()), f'{name}_stderr': float(stderr)}
@@ -255,11 +256,11 @@ def evaluate_sampled(graphdef, params, ref_params, prompts: Sequence[Sequence[in
     if proxy_reward is not None:
       columns['proxy'].append(np.asarray(proxy_reward(out.tokens, out.attention_mask))[real])
   col = {k: np.concatenate(v) if v else None for k, v in columns.items()}
-  result = {**_mean_stderr('gold_reward', col['gold']), **_mean_stderr('kl', col['kl']),
-            **_mean_stderr('kl_k1', col['k1']), **_mean_stderr('kl_k3', col['k3']),
-            **_mean_stderr('objective', col['gold'] - beta * col['kl'])}
+  result = {**mean_stderr('gold_reward', col['gold']), **mean_stderr('kl', col['kl']),
+            **mean_stderr('kl_k1', col['k1']), **mean_stderr('kl_k3', col['k3']),
+            **mean_stderr('objective', col['gold'] - beta * col['kl'])}
   if col['proxy'] is not None:
-    result.update(_mean_stderr('proxy_reward', col['proxy']))
+    result.update(mean_stderr('proxy_reward', col['proxy']))
   else:
     result.update({'proxy_reward': float('nan'), 'proxy_reward_stderr': float('nan')})
   result.update({'response_length': float(col['length'].mean()), 'n': len(col['gold'])})
@@ -300,7 +301,7 @@ def win_rate_vs_reference(graphdef, params, ref_params, prompts: Sequence[Sequen
                               dataclasses.replace(sampling, temperature=float(t)), batch_size,
                               prompt_len)
     wins = (policy > reference) + 0.5 * (policy == reference)
-    rows.append({'temperature': float(t), **_mean_stderr('win_rate', wins), 'n': len(wins)})
+    rows.append({'temperature': float(t), **mean_stderr('win_rate', wins), 'n': len(wins)})
   return rows
 
 

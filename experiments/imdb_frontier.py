@@ -185,8 +185,7 @@ class Evaluator:
     host = [np.asarray(x)[best_N] for x in (out.tokens, out.attention_mask, out.response_mask)]
     gold_N = self.gold_fn(*host).astype(np.float64)
     kl = math.log(n) - (n - 1) / n
-    point = {'gold_reward': float(gold_N.mean()), 'gold_reward_stderr': float(gold_N.std(ddof=1) / math.sqrt(len(gold_N))),
-             'kl': kl, 'kl_stderr': 0.0, 'kl_k1': kl, 'kl_k3': kl, 'proxy_reward': float(proxy_NxK.max(-1).mean()),
+    point = {**evaluate.mean_stderr('gold_reward', gold_N), 'kl': kl, 'kl_stderr': 0.0, 'kl_k1': kl, 'kl_k3': kl, 'proxy_reward': float(proxy_NxK.max(-1).mean()),
              'objective': float(gold_N.mean() - self.cfg.eval_beta * kl), 'beta': self.cfg.eval_beta}
     wins = (gold_N > self.reference_gold) + 0.5 * (gold_N == self.reference_gold)
     return point, [{'temperature': 1.0, 'win_rate': float(wins.mean()), 'n': len(wins)}]
