@@ -27,8 +27,19 @@ class CausalLM(nnx.Module):
     hidden_BxTxD, _ = self.backbone(tokens_BxT, positions_BxT, causal_mask(attention_mask_BxT))
     return hidden_BxTxD
 
-  def logits(self, hidden_BxTxD: jax.Array) -> jax.Array:
+  def head_weights(self) -> jax.Array:
+    """The LM head as a DxV matrix: for a tied head, the transposed embedding, materialized.
+
+    The decode loop computes this once and reuses it every step: a (few rows) × DxV product is
+    ≈ 2× faster on XLA:CPU than the same product against the VxD embedding (benchmarks/findings.md)."""
     if self.cfg.tie_embeddings:
+      return self.backbone.embed[...].T
+    return self.w_lm[...]
+
+  def logits(self, hidden_BxTxD: jax.Array, head_DxV: jax.Array | None = None) -> jax.Array:
+    if head_DxV is not None:
+      logits_BxTxV = hidden_BxTxD @ head_DxV.astype(hidden_BxTxD.dtype)
+    elif self.cfg.tie_embeddings:
       logits_BxTxV = self.backbone.attend_embeddings(hidden_BxTxD)
     else:
       logits_BxTxV = hidden_BxTxD @ self.w_lm[...].astype(hidden_BxTxD.dtype)
@@ -43,11 +54,13 @@ class CausalLM(nnx.Module):
     return self.logits(self.hidden(tokens_BxT, attention_mask_BxT))
 
   def decode(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, mask_BxTxS: jax.Array,
-             cache: KVCache, cache_index: jax.Array | int) -> tuple[jax.Array, KVCache]:
+             cache: KVCache, cache_index: jax.Array | int, head_DxV: jax.Array | None = None
+             ) -> tuple[jax.Array, KVCache]:
     """Writes T new tokens into cache slots [cache_index, cache_index + T) and returns their
-    logits; `mask_BxTxS` says which cache slots each new token may attend to."""
+    logits; `mask_BxTxS` says which cache slots each new token may attend to. `head_DxV`:
+    `head_weights()` computed once by the caller (a decode loop), or None."""
     hidden_BxTxD, cache = self.backbone(tokens_BxT, positions_BxT, mask_BxTxS, cache, cache_index)
-    return self.logits(hidden_BxTxD), cache
+    return self.logits(hidden_BxTxD, head_DxV), cache
 
 
 class ScalarModel(nnx.Module):

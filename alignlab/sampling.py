@@ -117,11 +117,12 @@ def sample(graphdef, params, prompt_tokens_BxP: jax.Array, prompt_mask_BxP: jax.
   cache = init_cache(model.cfg, b, s)
   valid_BxS = jnp.concatenate([prompt_mask_BxP, jnp.ones((b, n), bool)], axis=1)
   slots_S = jnp.arange(s)
+  head_DxV = model.head_weights()  # once, outside the decode loop
 
   # Prefill: prompt token i attends to real prompt tokens j ≤ i.
   prefill_mask_BxPxS = (slots_S[None, None, :] <= jnp.arange(p)[None, :, None]) & valid_BxS[:, None]
   logits_BxPxV, cache = model.decode(prompt_tokens_BxP, positions_from_mask(prompt_mask_BxP),
-                                     prefill_mask_BxPxS, cache, 0)
+                                     prefill_mask_BxPxS, cache, 0, head_DxV)
   prompt_len_B = prompt_mask_BxP.sum(-1).astype(jnp.int32)
 
   def pick(logits_BxV, key, done_B):
@@ -131,25 +132,28 @@ def sample(graphdef, params, prompt_tokens_BxP: jax.Array, prompt_mask_BxP: jax.
     done_B = done_B | (token_B == cfg.eos_id) if cfg.eos_id >= 0 else done_B
     return token_B, jnp.where(live_B, logprob_B, 0.0), live_B, done_B
 
+  # Each scan step decodes the token picked last and picks the next one from its logits, so
+  # the B×V logits never cross the loop boundary (no per-step copy of the carry): pick the
+  # first token after the prefill, then N − 1 decode steps.
+  key, sub = jax.random.split(key)
+  first = pick(logits_BxPxV[:, -1], sub, jnp.zeros((b,), bool))
+
   def step(carry, i):
-    cache, logits_BxV, done_B, key = carry
-    key, sub = jax.random.split(key)
-    token_B, logprob_B, live_B, done_B = pick(logits_BxV, sub, done_B)
+    cache, token_B, done_B, key = carry
     slot = p + i
     mask_Bx1xS = (slots_S <= slot)[None, None, :] & valid_BxS[:, None]
     logits_Bx1xV, cache = model.decode(token_B[:, None], (prompt_len_B + i)[:, None], mask_Bx1xS,
-                                       cache, slot)
-    return (cache, logits_Bx1xV[:, 0], done_B, key), (token_B, logprob_B, live_B)
+                                       cache, slot, head_DxV)
+    key, sub = jax.random.split(key)
+    token_B, logprob_B, live_B, done_B = pick(logits_Bx1xV[:, 0], sub, done_B)
+    return (cache, token_B, done_B, key), (token_B, logprob_B, live_B)
 
-  # The last token needs no forward pass after it: scan N − 1 decode steps, then pick once.
-  carry = (cache, logits_BxPxV[:, -1], jnp.zeros((b,), bool), key)
-  carry, (tokens_NxB, logprobs_NxB, live_NxB) = jax.lax.scan(step, carry, jnp.arange(n - 1))
-  _, last_logits_BxV, done_B, key = carry
-  key, sub = jax.random.split(key)
-  token_B, logprob_B, live_B, _ = pick(last_logits_BxV, sub, done_B)
-  tokens_BxN = jnp.concatenate([tokens_NxB.T, token_B[:, None]], axis=1)
-  logprobs_BxN = jnp.concatenate([logprobs_NxB.T, logprob_B[:, None]], axis=1)
-  live_BxN = jnp.concatenate([live_NxB.T, live_B[:, None]], axis=1).astype(jnp.int32)
+  token_B, logprob_B, live_B, done_B = first
+  _, (tokens_NxB, logprobs_NxB, live_NxB) = jax.lax.scan(
+      step, (cache, token_B, done_B, key), jnp.arange(n - 1))
+  tokens_BxN = jnp.concatenate([token_B[:, None], tokens_NxB.T], axis=1)
+  logprobs_BxN = jnp.concatenate([logprob_B[:, None], logprobs_NxB.T], axis=1)
+  live_BxN = jnp.concatenate([live_B[:, None], live_NxB.T], axis=1).astype(jnp.int32)
 
   return SampleOutput(
       tokens=jnp.concatenate([prompt_tokens_BxP.astype(jnp.int32), tokens_BxN], axis=1),

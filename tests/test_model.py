@@ -75,11 +75,13 @@ def test_kv_cache_matches_full_forward(layout):
   pre_mask = (slots[None, None] <= jnp.arange(p)[None, :, None]) & valid[:, None]
   logits, cache = model.decode(tokens[:, :p], positions[:, :p], pre_mask, cache, 0)
   np.testing.assert_allclose(np.asarray(logits)[1:], np.asarray(full[1:, :p]), atol=1e-5, rtol=1e-5)
+  head_DxV = model.head_weights()  # what the sampler passes: the DxV head, computed once
+  assert head_DxV.shape == (layout.d_model, layout.vocab_size)
   for i in range(n):
     slot = p + i
     step_mask = (slots <= slot)[None, None] & valid[:, None]
     logits, cache = model.decode(tokens[:, slot:slot + 1], positions[:, slot:slot + 1], step_mask,
-                                 cache, slot)
+                                 cache, slot, head_DxV if i % 2 else None)
     np.testing.assert_allclose(np.asarray(logits[:, 0]), np.asarray(full[:, slot]), atol=1e-5,
                                rtol=1e-5)
 
