@@ -66,6 +66,42 @@ def run_all() -> None:
       f.write(json.dumps(obj) + '\n')
 
 
+def sweep_table(obj: dict) -> str:
+  """The sweep JSON as a table: seconds min / median / max over the rounds, and the ratios."""
+  def fmt(st):
+    return f'{st["min"]:.2f} / **{st["median"]:.2f}** / {st["max"]:.2f}'
+  goal = GOALS['sweep']
+  rows = ['| what ran (R = ' + str(obj['runs']) + ' runs × ' + str(obj['steps'])
+          + ' steps) | rounds | seconds min / median / max | compile s | speedup vs sequential '
+          '(medians; per-round min–max) | goal ≥ 3× |', '|---|---|---|---|---|---|']
+  core = obj['core']
+  seq = core['sequential']
+  rows.append(f'| core: one jitted step, R runs one after another | {seq["run_s_stats"]["n"]} | '
+              f'{fmt(seq["run_s_stats"])} | {seq["compile_s"]:.1f} | — | |')
+  for name, label in (('vectorized_vmap', 'core: one program, all R runs vmapped'),
+                      ('one_program_chunk1', 'core: one program, runs mapped one at a time')):
+    m = core[name]
+    pr = m['speedup_run_per_round']
+    rows.append(f'| {label} | {m["run_s_stats"]["n"]} | {fmt(m["run_s_stats"])} | '
+                f'{m["compile_s"]:.1f} | {m["speedup_run"]:.2f}× ({pr["min"]:.2f}–{pr["max"]:.2f}) | '
+                f'{"met" if m["speedup_run"] >= goal else "not met"} |')
+  if 'api' in obj:
+    a = obj['api']
+    pr = a['speedup_per_round']
+    rows.append(f'| api: `fit` × R, one process (compiles included) | '
+                f'{a["fit_one_after_another_stats"]["n"]} | {fmt(a["fit_one_after_another_stats"])} | '
+                f'in the time | — | |')
+    rows.append(f'| api: `fit_sweep` once (compile included) | {a["fit_sweep_stats"]["n"]} | '
+                f'{fmt(a["fit_sweep_stats"])} | in the time | {a["speedup"]:.2f}× '
+                f'({pr["min"]:.2f}–{pr["max"]:.2f}) | {"met" if a["speedup"] >= goal else "not met"} |')
+  rows.append('')
+  rows.append(f'Model d_model {obj["model"]["d_model"]}, {obj["model"]["layers"]} layers, '
+              f'{obj["batch"]} pairs per step, task {obj["task"]}; load average '
+              f'{obj["load_avg_1m"]:.1f} at the start, {obj.get("load_avg_1m_after", float("nan")):.1f} '
+              'at the end.')
+  return '\n'.join(rows)
+
+
 def read_jsonl(path: str) -> list[dict]:
   if not os.path.exists(path):
     return []
@@ -188,11 +224,13 @@ def render() -> str:
   w('')
   sweep = os.path.join(RAW, 'sweep_speed.json')
   if os.path.exists(os.path.join(HERE, 'sweep_speed.py')) and os.path.exists(sweep):
-    w('`' + ' '.join(SWEEP_CMD) + '` (goal ≥ 3×):')
+    w('`' + ' '.join(SWEEP_CMD) + '` (goal ≥ 3×); raw JSON in `benchmarks/raw/sweep_speed.json`.')
     w('')
-    w('```json')
-    w(open(sweep).read().strip())
-    w('```')
+    obj = json.loads(open(sweep).read())
+    if 'error' in obj:
+      w(f'The run failed: `{obj["error"][-300:]}`')
+    else:
+      w(sweep_table(obj))
   elif os.path.exists(os.path.join(HERE, 'sweep_speed.py')):
     w('`benchmarks/sweep_speed.py` (another engineer\'s) now exists but was not run in this session '
       f'(deadline, loaded machine); `make_results.py` runs `{" ".join(SWEEP_CMD)}` and puts its '

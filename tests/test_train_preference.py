@@ -21,6 +21,7 @@ from alignlab.train import preference
 from alignlab.train.batches import ArrayBatches
 from alignlab.train.loop import TrainingDiverged
 from alignlab.train.optim import make_optimizer
+from alignlab.train import run as run_module
 from alignlab.train.run import fit
 from alignlab.train.step import init_state, make_train_step
 
@@ -163,3 +164,28 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   with pytest.raises(TrainingDiverged, match=r'loss is nan at step 5.*last good checkpoint is step 4'):
     _fit(tmp_path / 'run', params, graphdef, pairs, 8, beta=float('nan'))
   assert Checkpointer(tmp_path / 'run' / 'checkpoints', {}).latest_step() == 4
+
+
+def test_fit_reuses_its_compiled_step_across_runs(tmp_path):
+  """R runs done one after another with one loss function compile once; β stays a traced
+  input, so the shared program trains each run with its own β, exactly as a fresh one would."""
+  graphdef, params = _model(5)
+  pairs = preference.reference_logps(graphdef, params, _pairs(seed=9), prompt_len=5, batch_size=8)
+  opt = OptimizerConfig(name='adamw', learning_rate=1e-2)
+
+  def go(loss_fn, name, beta):
+    return fit(loss_fn, params, ArrayBatches(pairs, 4, seed=3), optimizer=opt, n_steps=3,
+               run_dir=tmp_path / name, config={'beta': beta}, hparams={'beta': beta},
+               progress=False)
+
+  shared = preference.make_loss_fn(graphdef, 'dpo', prompt_len=5)
+  first = go(shared, 'a', 0.5)
+  step = next(reversed(run_module._STEPS.values()))
+  second = go(shared, 'b', 2.0)
+  assert next(reversed(run_module._STEPS.values())) is step
+  assert step._cache_size() == 1  # one compiled program served both runs
+  fresh = go(preference.make_loss_fn(graphdef, 'dpo', prompt_len=5), 'c', 2.0)
+  for a, b, c in zip(*(jax.tree.leaves(s['params']) for s in (first, second, fresh))):
+    np.testing.assert_array_equal(np.asarray(b), np.asarray(c))
+  assert any(not np.array_equal(np.asarray(a), np.asarray(b))
+             for a, b in zip(jax.tree.leaves(first['params']), jax.tree.leaves(second['params'])))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,6 +14,23 @@ from alignlab.config import OptimizerConfig
 from alignlab.train.loop import train_loop
 from alignlab.train.optim import make_optimizer
 from alignlab.train.step import init_state, jit_step, make_train_step
+
+
+_STEPS: collections.OrderedDict = collections.OrderedDict()  # a few recent jitted steps
+_MAX_STEPS = 8
+
+
+def _jitted_step(loss_fn: Callable, optimizer: OptimizerConfig, tx, grad_accum: int, state, mesh):
+  """The jitted step for this (loss, optimizer, state layout), reused across `fit` calls in one
+  process: R runs of a sweep done one after another compile once, not R times."""
+  key = (loss_fn, optimizer, grad_accum, mesh, jax.tree.structure(state),
+         tuple((x.shape, x.dtype, x.sharding) for x in jax.tree.leaves(state)))
+  if key not in _STEPS:
+    _STEPS[key] = jit_step(make_train_step(loss_fn, tx, grad_accum=grad_accum), state, mesh)
+    if len(_STEPS) > _MAX_STEPS:
+      _STEPS.popitem(last=False)
+  _STEPS.move_to_end(key)
+  return _STEPS[key]
 
 
 def fit(loss_fn: Callable, params: Any, batch_at: Callable[[int], dict], *, optimizer: OptimizerConfig,
@@ -31,7 +49,7 @@ def fit(loss_fn: Callable, params: Any, batch_at: Callable[[int], dict], *, opti
   # outputs, so the second call would see new input types and compile the step again.
   state = jax.tree.map(lambda x: x if isinstance(x.sharding, jax.sharding.NamedSharding)
                        else jax.device_put(x, sharding.replicated(mesh)), state)
-  step = jit_step(make_train_step(loss_fn, tx, grad_accum=grad_accum), state, mesh)
+  step = _jitted_step(loss_fn, optimizer, tx, grad_accum, state, mesh)
   hp = {'learning_rate': jnp.asarray(optimizer.learning_rate, jnp.float32)}
   for k, v in (hparams or {}).items():
     hp[k] = v if k == 'ref_params' else jnp.asarray(v, jnp.float32)
