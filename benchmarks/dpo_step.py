@@ -13,10 +13,13 @@ Timing: compile (first call) apart, then 2 warm-up steps, then `--repeats` timed
 `--steps` steps each, block_until_ready at the end of each repeat. steps/s per repeat; the
 median over repeats is the headline.
 
-Model FLOPs per step (matmul FLOPs the model defines, counted at 2 per multiply-add):
-  tokens  = 2·B·(P+R)                    (chosen ⊕ rejected rows; 2048 here)
+Model FLOPs per step (matmul FLOPs as computed, counted at 2 per multiply-add). alignlab runs a
+pair's shared prompt once (`logprobs.shared_prompt_logprobs`): B prompt rows of P tokens, then
+2B response rows of R tokens attending to the prompt's cached keys; TRL runs 2B full rows of P + R.
+  tokens  = B·P + 2·B·R                  (token passes; 1,536 here, TRL 2·B·(P+R) = 2,048)
   N       = L·(4·D² + 2·D·F)             (matmul params per token: q,k,v,out and MLP; no embeddings)
-  attn    = L·(2B)·4·T²·D                (QKᵀ and PV forward, full T×T as computed)
+  attn    = L·4·D·T·(B·P + 2B·R)         (QKᵀ and PV forward: every query against all T slots,
+                                          masked, as computed)
   head    = 2·D·V·(2B·R)                 (LM head forward, only at the R positions with logits)
   policy  = 3·(2·N·tokens + attn + head) (forward + backward = 3× forward: 6·N·tokens + ...)
   ref     = 2·N·tokens + attn + head     (per_batch mode only: reference forward)
@@ -34,9 +37,9 @@ import bench_common as bc
 def dpo_flops(cfg, pairs: int, prompt_len: int, response_len: int, per_batch_ref: bool) -> dict:
   rows = 2 * pairs
   t = prompt_len + response_len
-  tokens = rows * t
+  tokens = pairs * prompt_len + rows * response_len
   n = bc.matmul_params(cfg)
-  attn = bc.attention_fwd_flops(cfg, rows, t, t)
+  attn = bc.attention_fwd_flops(cfg, 1, tokens, t)
   head = 2.0 * cfg.d_model * cfg.vocab_size * rows * response_len
   fwd = 2.0 * n * tokens + attn + head
   policy = 3.0 * fwd
@@ -50,8 +53,10 @@ def make_batch(cfg, pairs: int, prompt_len: int, response_len: int, seed: int = 
   rng = np.random.default_rng(seed)
   t = prompt_len + response_len
   out = {}
-  for side in ('chosen', 'rejected'):
-    out[f'{side}_tokens'] = rng.integers(1, cfg.vocab_size, (pairs, t)).astype(np.int32)
+  prompt_BxP = rng.integers(1, cfg.vocab_size, (pairs, prompt_len))
+  for side in ('chosen', 'rejected'):  # one prompt per pair, as in TRL's dataset
+    response_BxR = rng.integers(1, cfg.vocab_size, (pairs, response_len))
+    out[f'{side}_tokens'] = np.concatenate([prompt_BxP, response_BxR], 1).astype(np.int32)
     out[f'{side}_attention_mask'] = np.ones((pairs, t), np.int32)
     resp = np.zeros((pairs, t), np.int32)
     resp[:, prompt_len:] = 1

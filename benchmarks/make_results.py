@@ -195,10 +195,12 @@ def render() -> str:
       w(f'| `{name}` | {s["n"]} | {mmm(s)} | {rtxt} | {itxt} | {gtxt} |')
     w('')
     if prefix == 'dpo':
-      w('Model FLOPs per step (formula in `benchmarks/dpo_step.py`): tokens = 2·B·(P+R) = 2048; '
-        'N = L·(4D² + 2DF) = 3.15 M matmul params; attn = L·2B·4·T²·D; head = 2·D·V·2B·R '
-        '(logits only at response positions); policy = 3·(2·N·tokens + attn + head); '
-        'reference (per_batch only) = 2·N·tokens + attn + head.')
+      w('Model FLOPs per step, as computed (formula in `benchmarks/dpo_step.py`): alignlab runs '
+        "each pair's shared prompt once, so tokens = B·P + 2·B·R = 1,536 token passes (TRL: "
+        '2·B·(P+R) = 2,048); N = L·(4D² + 2DF) = 3.15 M matmul params; attn = L·4·D·T·tokens '
+        '(every query against all T slots, masked); head = 2·D·V·2B·R (logits only at response '
+        'positions); policy = 3·(2·N·tokens + attn + head); reference (per_batch only) = '
+        '2·N·tokens + attn + head.')
       w('')
       w('| job | FLOPs/step | GFLOP/s (median) | MFU vs measured peak | MFU vs 190 GFLOP/s | compile s | goal MFU ≥ 65 % |')
       w('|---|---|---|---|---|---|---|')

@@ -38,8 +38,9 @@ def test_documented_loss_trains(documented_loss):
   graphdef, params = sharding.init_params(lambda r: CausalLM(cfg, rngs=r), mesh, jax.random.key(0))
   rng = np.random.default_rng(0)
   batch = {}
+  prompt = rng.integers(1, 31, (8, 4))  # a pair shares its prompt
   for side in ('chosen', 'rejected'):
-    batch[f'{side}_tokens'] = rng.integers(1, 31, (8, 9)).astype(np.int32)
+    batch[f'{side}_tokens'] = np.concatenate([prompt, rng.integers(1, 31, (8, 5))], 1).astype(np.int32)
     batch[f'{side}_attention_mask'] = np.ones((8, 9), np.int32)
     batch[f'{side}_response_mask'] = np.array([[0] * 4 + [1] * 5] * 8, np.int32)
   batch = preference.reference_logps(graphdef, params, batch, prompt_len=4, batch_size=8)

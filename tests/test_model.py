@@ -1,5 +1,7 @@
 """Transformer: causality, padding invariance, KV cache, heads, bad token ids."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,8 @@ from flax import nnx
 from alignlab import sharding
 from alignlab.config import ModelConfig
 from alignlab.heads import CausalLM, ScalarModel, last_token_value
-from alignlab.logprobs import check_token_ids, sequence_logprobs, token_kl, token_logprobs
+from alignlab.logprobs import (check_token_ids, sequence_logprobs, shared_prompt_logprobs, token_kl,
+                               token_logprobs)
 from alignlab.model import causal_mask, init_cache, positions_from_mask
 
 LAYOUTS = {
@@ -106,6 +109,48 @@ def test_logprobs_against_numpy_and_response_start():
   got_start = sequence_logprobs(model, tokens, attn, resp, response_start=4)
   for got in (got_full, got_model, got_start):
     np.testing.assert_allclose(np.asarray(got), expected, atol=2e-5)
+
+
+def test_shared_prompt_logprobs_match_the_concatenated_forward(layout):
+  """Chosen ⊕ rejected with the prompt run once: the same log-probs and the same parameter
+  gradient as the plain forward over both full rows (left-padded prompts, right-padded
+  responses of different lengths)."""
+  graphdef, params = sharding.init_params(lambda r: CausalLM(layout, rngs=r), sharding.make_mesh(
+      sharding.MeshConfig.single(), jax.devices()[:1]), jax.random.key(7))
+  rng = np.random.default_rng(5)
+  b, p, r = 3, 5, 6
+  prompt = rng.integers(1, layout.vocab_size, (b, p))
+  prompt_mask = np.ones((b, p), int)
+  prompt_mask[1, :3] = 0
+  prompt[1, :3] = 0
+  rows, attn, resp = [], [], []
+  for lengths in ([6, 2, 4], [3, 6, 1]):  # chosen, then rejected response lengths
+    cont = rng.integers(1, layout.vocab_size, (b, r))
+    cont_mask = (np.arange(r)[None] < np.asarray(lengths)[:, None]).astype(int)
+    rows.append(np.concatenate([prompt, cont * cont_mask], 1))
+    attn.append(np.concatenate([prompt_mask, cont_mask], 1))
+    resp.append(np.concatenate([np.zeros((b, p), int), cont_mask], 1))
+  tokens, attn, resp = (jnp.asarray(np.concatenate(x, 0), jnp.int32) for x in (rows, attn, resp))
+
+  def total(fn, params):
+    return jnp.sum(fn(nnx.merge(graphdef, params), tokens, attn, resp) ** 2)
+
+  def plain(m, *a):
+    return sequence_logprobs(m, *a, response_start=p)
+
+  def shared(m, *a):
+    return shared_prompt_logprobs(m, *a, prompt_len=p)
+
+  want = plain(nnx.merge(graphdef, params), tokens, attn, resp)
+  got = shared(nnx.merge(graphdef, params), tokens, attn, resp)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=2e-5)
+  assert (np.asarray(got)[np.asarray(resp) == 0] == 0).all()
+  g_want = jax.grad(functools.partial(total, plain))(params)
+  g_got = jax.grad(functools.partial(total, shared))(params)
+  for a, c in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-4, atol=1e-5 * np.abs(c).max())
+  with pytest.raises(ValueError, match='even number of rows'):
+    shared(nnx.merge(graphdef, params), tokens[1:], attn[1:], resp[1:])
 
 
 def test_token_kl_exact():

@@ -70,7 +70,11 @@ def test_dpo_at_initialization_is_log2():
   pairs = preference.reference_logps(graphdef, params, _pairs(), prompt_len=5, batch_size=8)
   loss, metrics, _ = _loss_and_grads(graphdef, params, pairs, 5)
   assert float(loss) == pytest.approx(math.log(2), abs=1e-5)
-  assert float(metrics['rewards/accuracy']) == 0.0  # ties are not wins
+  # Policy = reference: every implicit reward is 0 up to float rounding (the reference pass ran
+  # at another batch shape). That exact ties are not wins is tested on the loss itself
+  # (tests/test_losses_preference.py).
+  assert abs(float(metrics['rewards/margin'])) < 1e-5
+  assert abs(float(metrics['rewards/chosen'])) < 1e-5
   # Per-batch reference (params as reference) agrees with the precomputed one.
   loss_fn = preference.make_loss_fn(graphdef, 'dpo', prompt_len=5)
   raw = {k: jnp.asarray(v) for k, v in _pairs().items()}
@@ -189,3 +193,28 @@ def test_fit_reuses_its_compiled_step_across_runs(tmp_path):
     np.testing.assert_array_equal(np.asarray(b), np.asarray(c))
   assert any(not np.array_equal(np.asarray(a), np.asarray(b))
              for a, b in zip(jax.tree.leaves(first['params']), jax.tree.leaves(second['params'])))
+
+
+def test_pairs_must_share_their_prompt():
+  graphdef, params = _model(6)
+  pairs = _pairs(n=4)
+  preference.check_shared_prompts(pairs, 5)
+  pairs['rejected_tokens'][2, 4] += 1
+  with pytest.raises(ValueError, match=r'pair 2: chosen_tokens and rejected_tokens differ'):
+    preference.reference_logps(graphdef, params, pairs, prompt_len=5)
+
+
+def test_shared_prompt_path_gives_the_same_dpo_loss_and_gradient(monkeypatch):
+  """The DPO loss through `pair_logps` with the prompt run once (forced on for P = 5) against
+  the concatenated forward: same loss, same gradient, per-batch reference included."""
+  graphdef, params = _model(8)
+  batch = {k: jnp.asarray(v) for k, v in _pairs(seed=10).items()}
+  ref = jax.tree.map(lambda x: x * 1.01, params)
+  results = []
+  for min_len in (10 ** 9, 1):  # plain, then shared
+    monkeypatch.setattr(preference, 'SHARED_PROMPT_MIN_LEN', min_len)
+    loss_fn = preference.make_loss_fn(graphdef, 'dpo', prompt_len=5)
+    results.append(jax.value_and_grad(lambda p: loss_fn(p, batch, {'beta': 0.5, 'ref_params': ref})[0])(params))
+  (loss_plain, g_plain), (loss_shared, g_shared) = results
+  assert float(loss_shared) == pytest.approx(float(loss_plain), rel=1e-5)
+  _grad_close(g_shared, g_plain, tol=1e-4)
