@@ -31,7 +31,8 @@ class CausalLM(nnx.Module):
     """The LM head as a DxV matrix: for a tied head, the transposed embedding, materialized.
 
     The decode loop computes this once and reuses it every step: a (few rows) × DxV product is
-    ≈ 2× faster on XLA:CPU than the same product against the VxD embedding (benchmarks/findings.md)."""
+    ≈ 1.7× faster on XLA:CPU than the same product against the VxD embedding at 8 rows, and the
+    same at 64 (benchmarks/findings.md)."""
     if self.cfg.tie_embeddings:
       return self.backbone.embed[...].T
     return self.w_lm[...]

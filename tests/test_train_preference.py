@@ -171,13 +171,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_fit_reuses_its_compiled_step_across_runs(tmp_path):
-  """R runs done one after another with one loss function compile once; β stays a traced
-  input, so the shared program trains each run with its own β, exactly as a fresh one would."""
+  """R runs done one after another with one loss function compile once; β and the learning
+  rate stay traced inputs, so the shared program trains each run with its own, exactly as a
+  fresh one would."""
   graphdef, params = _model(5)
   pairs = preference.reference_logps(graphdef, params, _pairs(seed=9), prompt_len=5, batch_size=8)
-  opt = OptimizerConfig(name='adamw', learning_rate=1e-2)
-
   def go(loss_fn, name, beta):
+    opt = OptimizerConfig(name='adamw', learning_rate=1e-2 * beta)
     return fit(loss_fn, params, ArrayBatches(pairs, 4, seed=3), optimizer=opt, n_steps=3,
                run_dir=tmp_path / name, config={'beta': beta}, hparams={'beta': beta},
                progress=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,7 +24,10 @@ _MAX_STEPS = 8
 def _jitted_step(loss_fn: Callable, optimizer: OptimizerConfig, tx, grad_accum: int, state, mesh):
   """The jitted step for this (loss, optimizer, state layout), reused across `fit` calls in one
   process: R runs of a sweep done one after another compile once, not R times."""
-  key = (loss_fn, optimizer, grad_accum, mesh, jax.tree.structure(state),
+  # The learning rate is a traced hparam, not part of the program: runs that differ only in it
+  # share one.
+  key = (loss_fn, dataclasses.replace(optimizer, learning_rate=0.0), grad_accum, mesh,
+         jax.tree.structure(state),
          tuple((x.shape, x.dtype, x.sharding) for x in jax.tree.leaves(state)))
   if key not in _STEPS:
     _STEPS[key] = jit_step(make_train_step(loss_fn, tx, grad_accum=grad_accum), state, mesh)
