@@ -73,7 +73,7 @@ def check_shared_prompts(pairs: dict, prompt_len: int) -> None:
 
 # Prompts at least this long run once per pair (`shared_prompt_logprobs`); shorter ones ride
 # along in the concatenated forward. Measured (benchmarks/findings.md): a DPO step on the
-# GPT-2-shaped benchmark model with R = 64 was 5 % faster at P = 16, 7 % at P = 32 and 25 % at
+# GPT-2-shaped benchmark model with R = 64 was 5 % faster at P = 16, 7 % at P = 32 and 22–28 % at
 # P = 64; on the exact task (P = 1, a 2-layer d64 model) the second pass made the step 27 %
 # slower.
 SHARED_PROMPT_MIN_LEN = 16
