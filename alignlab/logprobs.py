@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from alignlab.model import init_cache, positions_from_mask
+from alignlab.model import cache_mask, init_cache, positions_from_mask
 
 
 def gather_logprobs(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
@@ -66,18 +66,13 @@ def shared_prompt_logprobs(model, tokens_2BxT: jax.Array, attention_mask_2BxT: j
   if two_b % 2 or not 1 <= p < t:
     raise ValueError(f'need an even number of rows and 1 ≤ prompt_len < T; got {two_b} rows, '
                      f'prompt_len {p}, T {t}')
-  valid_2BxT = attention_mask_2BxT.astype(bool)
   positions_2BxT = positions_from_mask(attention_mask_2BxT)
-  slots_T = jnp.arange(t)
   cache = init_cache(model.cfg, b, t)
-  prompt_mask_BxPxT = (slots_T[None, None, :] <= jnp.arange(p)[None, :, None]) & valid_2BxT[:b, None]
   prompt_hidden_BxPxD, cache = model.backbone(tokens_2BxT[:b, :p], positions_2BxT[:b, :p],
-                                              prompt_mask_BxPxT, cache, 0)
+                                              cache_mask(attention_mask_2BxT[:b], 0, p), cache, 0)
   cache = [{k: jnp.concatenate([v, v], axis=0) for k, v in layer.items()} for layer in cache]
-  response_mask_2BxRxT = ((slots_T[None, None, :] <= (p + jnp.arange(t - p))[None, :, None])
-                          & valid_2BxT[:, None])
   response_hidden_2BxRxD, _ = model.backbone(tokens_2BxT[:, p:], positions_2BxT[:, p:],
-                                             response_mask_2BxRxT, cache, p)
+                                             cache_mask(attention_mask_2BxT, p, t - p), cache, p)
   last_prompt_2Bx1xD = jnp.concatenate([prompt_hidden_BxPxD[:, -1:]] * 2, axis=0)
   # Position p − 1 predicts token p; response positions p … T − 2 predict p + 1 … T − 1.
   hidden_2BxRxD = jnp.concatenate([last_prompt_2Bx1xD, response_hidden_2BxRxD[:, :-1]], axis=1)

@@ -57,6 +57,14 @@ def causal_mask(attention_mask_BxT: jax.Array) -> jax.Array:
   return causal_TxT[None] & attention_mask_BxT.astype(bool)[:, None, :]
 
 
+def cache_mask(valid_BxS: jax.Array, first_slot: jax.Array | int, n_queries: int) -> jax.Array:
+  """mask_BxTxS for T = `n_queries` new tokens written to cache slots [first_slot, first_slot + T):
+  query i may attend to slot j ≤ first_slot + i when slot j holds a real token."""
+  slots_S = jnp.arange(valid_BxS.shape[-1])
+  query_slot_T = first_slot + jnp.arange(n_queries)
+  return (slots_S[None, None, :] <= query_slot_T[None, :, None]) & valid_BxS.astype(bool)[:, None]
+
+
 class Norm(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):

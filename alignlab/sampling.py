@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from alignlab.config import SamplingConfig
-from alignlab.model import init_cache, positions_from_mask
+from alignlab.model import cache_mask, init_cache, positions_from_mask
 
 
 class SampleOutput(NamedTuple):
@@ -116,13 +116,11 @@ def sample(graphdef, params, prompt_tokens_BxP: jax.Array, prompt_mask_BxP: jax.
   prompt_mask_BxP = prompt_mask_BxP.astype(bool)
   cache = init_cache(model.cfg, b, s)
   valid_BxS = jnp.concatenate([prompt_mask_BxP, jnp.ones((b, n), bool)], axis=1)
-  slots_S = jnp.arange(s)
   head_DxV = model.head_weights()  # once, outside the decode loop
 
   # Prefill: prompt token i attends to real prompt tokens j ≤ i.
-  prefill_mask_BxPxS = (slots_S[None, None, :] <= jnp.arange(p)[None, :, None]) & valid_BxS[:, None]
   logits_BxPxV, cache = model.decode(prompt_tokens_BxP, positions_from_mask(prompt_mask_BxP),
-                                     prefill_mask_BxPxS, cache, 0, head_DxV)
+                                     cache_mask(valid_BxS, 0, p), cache, 0, head_DxV)
   prompt_len_B = prompt_mask_BxP.sum(-1).astype(jnp.int32)
 
   def pick(logits_BxV, key, done_B):
@@ -141,9 +139,8 @@ def sample(graphdef, params, prompt_tokens_BxP: jax.Array, prompt_mask_BxP: jax.
   def step(carry, i):
     cache, token_B, done_B, key = carry
     slot = p + i
-    mask_Bx1xS = (slots_S <= slot)[None, None, :] & valid_BxS[:, None]
-    logits_Bx1xV, cache = model.decode(token_B[:, None], (prompt_len_B + i)[:, None], mask_Bx1xS,
-                                       cache, slot, head_DxV)
+    logits_Bx1xV, cache = model.decode(token_B[:, None], (prompt_len_B + i)[:, None],
+                                       cache_mask(valid_BxS, slot, 1), cache, slot, head_DxV)
     key, sub = jax.random.split(key)
     token_B, logprob_B, live_B, done_B = pick(logits_Bx1xV[:, 0], sub, done_B)
     return (cache, token_B, done_B, key), (token_B, logprob_B, live_B)
