@@ -16,6 +16,12 @@ The model is padding-aware: callers pass position ids and a boolean attention ma
 `mask_BxTxS`, so a left-padded prompt gives the same logits on its real tokens as the
 unpadded prompt. A fixed-size KV cache (a plain pytree, not NNX state, so that it threads
 through `lax.scan`) serves decoding.
+
+Mixed precision: parameters are stored in `cfg.param_dtype` and cast to the compute dtype
+`cfg.dtype` where they are used (`_cast`), so that with bf16 compute and fp32 parameters every
+matmul runs in bf16 (an fp32 weight would silently promote `x @ w` back to fp32) and the KV
+cache receives bf16 keys. Normalization statistics, the softmax of attention and everything
+downstream of the logits (log-softmax, log-probs, KL, losses) are float32.
 """
 
 from __future__ import annotations
@@ -43,6 +49,22 @@ def _param(rngs: nnx.Rngs, shape: tuple[int, ...], spec: tuple[Any, ...], *, std
   else:
     value = std * jax.random.normal(rngs.params(), shape, dtype)
   return nnx.Param(value, out_sharding=spec)
+
+
+def _cast(param: nnx.Param, dtype: Any) -> jax.Array:
+  """A parameter's value in the compute dtype (a no-op when the dtypes agree)."""
+  return param[...].astype(dtype)
+
+
+def check_length(length: int, cfg: ModelConfig, what: str = 'sequence length') -> None:
+  """Trace-time check of a static length against `cfg.max_seq_len`.
+
+  Past `max_seq_len` a learned position embedding is indexed out of range, which `jnp.take`
+  answers with NaN (its default fill mode for floats), and a RoPE model runs outside the
+  context it was trained for: both are a silent wrong number, so they are an error."""
+  if length > cfg.max_seq_len:
+    raise ValueError(f'{what} {length} exceeds model.max_seq_len={cfg.max_seq_len}; shorten or '
+                     f'truncate the input, or use a model with a longer context')
 
 
 def positions_from_mask(attention_mask_BxT: jax.Array) -> jax.Array:
@@ -80,9 +102,9 @@ class Norm(nnx.Module):
     if self.kind == 'layernorm':
       x = x - x.mean(-1, keepdims=True)
     x = x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + self.eps)
-    x = x * self.scale[...]
+    x = x * self.scale[...].astype(jnp.float32)
     if self.kind == 'layernorm':
-      x = x + self.bias[...]
+      x = x + self.bias[...].astype(jnp.float32)
     return x.astype(x_BxTxD.dtype)
 
 
@@ -114,9 +136,10 @@ class Attention(nnx.Module):
 
   def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache: dict | None, cache_index):
     cfg = self.cfg
-    qkv_BxTx3xHxK = jnp.einsum('btd,dchk->btchk', x_BxTxD, self.w_qkv[...])
+    dtype = x_BxTxD.dtype
+    qkv_BxTx3xHxK = jnp.einsum('btd,dchk->btchk', x_BxTxD, _cast(self.w_qkv, dtype))
     if cfg.use_bias:
-      qkv_BxTx3xHxK = qkv_BxTx3xHxK + self.b_qkv[...]
+      qkv_BxTx3xHxK = qkv_BxTx3xHxK + _cast(self.b_qkv, dtype)
     q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
     if cfg.positions == 'rope':
       q_BxTxHxK = rope(q_BxTxHxK, positions_BxT, cfg.rope_theta)
@@ -133,16 +156,16 @@ class Attention(nnx.Module):
       scores_BxHxTxS = jnp.einsum('bthk,bhsk->bhts', q_BxTxHxK, k_BxHxSxK)
     else:
       scores_BxHxTxS = jnp.einsum('bthk,bshk->bhts', q_BxTxHxK, k_BxTxHxK)
-    scores_BxHxTxS = scores_BxHxTxS / math.sqrt(cfg.head_dim)
-    scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS.astype(jnp.float32), _NEG_INF)
-    probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(x_BxTxD.dtype)
+    scores_BxHxTxS = scores_BxHxTxS.astype(jnp.float32) / math.sqrt(cfg.head_dim)
+    scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS, _NEG_INF)
+    probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(dtype)
     if cache is not None:
       out_BxTxHxK = jnp.einsum('bhts,bhsk->bthk', probs_BxHxTxS, cache['v'])
     else:
       out_BxTxHxK = jnp.einsum('bhts,bshk->bthk', probs_BxHxTxS, v_BxTxHxK)
-    out_BxTxD = jnp.einsum('bthk,hkd->btd', out_BxTxHxK, self.w_out[...])
+    out_BxTxD = jnp.einsum('bthk,hkd->btd', out_BxTxHxK, _cast(self.w_out, dtype))
     if cfg.use_bias:
-      out_BxTxD = out_BxTxD + self.b_out[...]
+      out_BxTxD = out_BxTxD + _cast(self.b_out, dtype)
     return out_BxTxD, cache
 
 
@@ -161,17 +184,18 @@ class Mlp(nnx.Module):
       self.b_out = _param(rngs, (d,), (None,), std=None, dtype=cfg.param_dtype)
 
   def __call__(self, x_BxTxD):
-    h_BxTxF = x_BxTxD @ self.w_in[...]
+    dtype = x_BxTxD.dtype
+    h_BxTxF = x_BxTxD @ _cast(self.w_in, dtype)
     if self.cfg.use_bias:
-      h_BxTxF = h_BxTxF + self.b_in[...]
+      h_BxTxF = h_BxTxF + _cast(self.b_in, dtype)
     if self.cfg.mlp == 'swiglu':
-      h_BxTxF = jax.nn.silu(x_BxTxD @ self.w_gate[...]) * h_BxTxF
+      h_BxTxF = jax.nn.silu(x_BxTxD @ _cast(self.w_gate, dtype)) * h_BxTxF
     else:
       h_BxTxF = jax.nn.gelu(h_BxTxF, approximate=True)  # GPT-2's tanh GELU
     h_BxTxF = constrain(h_BxTxF, ('batch', None, 'tensor'))
-    out_BxTxD = h_BxTxF @ self.w_out[...]
+    out_BxTxD = h_BxTxF @ _cast(self.w_out, dtype)
     if self.cfg.use_bias:
-      out_BxTxD = out_BxTxD + self.b_out[...]
+      out_BxTxD = out_BxTxD + _cast(self.b_out, dtype)
     return out_BxTxD
 
 
@@ -208,6 +232,8 @@ class Transformer(nnx.Module):
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, mask_BxTxS: jax.Array,
                cache: KVCache | None = None, cache_index: jax.Array | int = 0
                ) -> tuple[jax.Array, KVCache | None]:
+    # S is the key length: T without a cache, the cache length with one; positions are < S.
+    check_length(mask_BxTxS.shape[-1], self.cfg)
     dtype = jnp.dtype(self.cfg.dtype)
     x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dtype)
     if self.cfg.positions == 'learned':
@@ -222,8 +248,10 @@ class Transformer(nnx.Module):
     return self.norm_final(x_BxTxD), new_cache
 
   def attend_embeddings(self, hidden_BxTxD: jax.Array) -> jax.Array:
-    """Tied LM head: logits = hidden · Eᵀ."""
-    return jnp.einsum('btd,vd->btv', hidden_BxTxD, self.embed[...].astype(hidden_BxTxD.dtype))
+    """Tied LM head: logits = hidden · Eᵀ, accumulated and returned in float32 (bf16 logits
+    would keep ≈ 3 significant digits: a logit of 20 rounded by up to 0.06)."""
+    return jnp.einsum('btd,vd->btv', hidden_BxTxD, _cast(self.embed, hidden_BxTxD.dtype),
+                      preferred_element_type=jnp.float32)
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> KVCache:

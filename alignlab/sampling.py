@@ -110,7 +110,7 @@ def sample(graphdef, params, prompt_tokens_BxP: jax.Array, prompt_mask_BxP: jax.
   s = p + n
   if n < 1:
     raise ValueError(f'max_new_tokens must be ≥ 1, got {n}')
-  if model.cfg.positions == 'learned' and s > model.cfg.max_seq_len:
+  if s > model.cfg.max_seq_len:  # also a RoPE model: past its context is a wrong number too
     raise ValueError(f'prompt length {p} + max_new_tokens {n} exceeds model.max_seq_len '
                      f'{model.cfg.max_seq_len}')
   prompt_mask_BxP = prompt_mask_BxP.astype(bool)
