@@ -20,8 +20,9 @@ from typing import Sequence
 EPILOG = """examples:
   alignlab list
   alignlab run exact_frontier --variant tiny
-  alignlab run exact_frontier --variant quick --set train.steps=200 --set methods.dpo_betas=[0.1,1.0]
-  alignlab run path/to/my_experiment.py --variant tiny --out runs/mine
+  alignlab run exact_frontier --variant quick --set train.steps=200 --set sweeps.dpo=[0.1,1.0]
+  alignlab run bandit --variant quick
+  alignlab run path/to/my_pipeline.py --variant tiny --out runs/mine
   alignlab eval runs/exact_frontier-quick/dpo-beta0.1-seed0 --recompute
   alignlab plot runs/exact_frontier-quick/results.csv --method dpo --method best_of_n --out dpo.png
 
@@ -29,7 +30,7 @@ Run directories: OUT/<method>-<hparam><value>-seed<k>/ with config.json, metrics
 eval.jsonl and checkpoints/; OUT/results.csv is the tidy table of every evaluation point.
 Running the same command again resumes: complete runs are skipped, partial ones continue
 from their checkpoints. Shared stages (π_ref, pairs, reward model) are cached under
-$ALIGNLAB_CACHE (default OUT/cache). Default OUT: $ALIGNLAB_RUNS/<experiment>-<variant>
+$ALIGNLAB_CACHE (default ~/.cache/alignlab). Default OUT: $ALIGNLAB_RUNS/<experiment>-<variant>
 ($ALIGNLAB_RUNS defaults to ./runs)."""
 
 
@@ -79,59 +80,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_list() -> int:
-  from alignlab import experiment
-  found = experiment.list_experiments()
+  from alignlab import pipeline
+  found = pipeline.list_experiments()
   if not found:
-    print('no experiments found in ' + ', '.join(map(str, experiment.experiments_dirs())))
+    print('no experiments found in ' + ', '.join(map(str, pipeline.experiments_dirs())))
   for name, variants in found.items():
     print(f'{name:24s} variants: {", ".join(variants)}')
   return 0
 
 
-def cmd_run(args) -> int:
-  from alignlab import experiment
-  result = experiment.run_experiment(args.experiment, args.variant, args.overrides, args.out,
-                                     progress=not args.quiet)
-  print(f'\nbest point per method ({result.results_csv}):')
-  print(result.table)
-  for path in result.plots:
-    print(f'plot: {path}')
-  return 0
-
-
 def _experiment_of(run_dir: Path):
-  from alignlab import experiment
+  from alignlab import pipeline
   record_path = run_dir.parent / 'experiment.json'
   if not record_path.exists():
     raise UsageError(f'{run_dir.parent} has no experiment.json: cannot tell which experiment '
                      'made this run')
   record = json.loads(record_path.read_text())
-  module = experiment.load_experiment(record['experiment'])
-  return module, experiment.make_config(module, record['variant'], record.get('overrides', []))
+  module = pipeline.load_experiment(record['experiment'])
+  return module, pipeline.make_config(module, record['variant'], record.get('overrides', []))
 
 
 def cmd_eval(args) -> int:
-  from alignlab import experiment, runs
+  from alignlab import pipeline, runs
   run_dir = args.run_dir
   if not run_dir.is_dir():
     raise UsageError(f'{run_dir} is not a directory')
   points = runs.read_jsonl(run_dir / 'eval.jsonl')
   if not points and not (run_dir / 'config.json').exists():
     if runs.run_dirs(run_dir):
-      df = experiment.load_results(run_dir)
-      module = None
-      if (run_dir / 'experiment.json').exists():  # its BEST_BY, where it says
-        module = experiment.load_experiment(json.loads(
-            (run_dir / 'experiment.json').read_text())['experiment'])
-      print(experiment.summary(module, df))
+      df = pipeline.load_results(run_dir)
+      cfg = None
+      if (run_dir / 'experiment.json').exists():  # its task's BEST_BY
+        record = json.loads((run_dir / 'experiment.json').read_text())
+        cfg = pipeline.make_config(pipeline.load_experiment(record['experiment']),
+                                   record['variant'], record.get('overrides', []))
+      print(pipeline.summary(cfg, df))
       return 0
     raise UsageError(f'{run_dir} holds no evaluation results (no eval.jsonl, no run dirs); '
                      'a run dir is OUT/<method>-<hparam><value>-seed<k>/')
   if args.recompute:
-    module, cfg = _experiment_of(run_dir)
-    if not hasattr(module, 'evaluate_run'):
-      raise UsageError(f'experiment {module.__name__} cannot re-evaluate runs (no evaluate_run)')
-    row = module.evaluate_run(cfg, run_dir)
+    _, cfg = _experiment_of(run_dir)
+    row = pipeline.evaluate_run(cfg, run_dir)
     print(json.dumps(row, indent=1))
     return 0
   if not points:
@@ -152,7 +141,7 @@ def cmd_eval(args) -> int:
 
 def cmd_plot(args) -> int:
   import pandas as pd
-  from alignlab import experiment, plots
+  from alignlab import pipeline, plots
   base = args.results if args.results.is_dir() else args.results.parent
   if args.kind == 'win_rate':
     path = base / 'win_rates.csv'
@@ -160,7 +149,7 @@ def cmd_plot(args) -> int:
       raise UsageError(f'no win rates at {path}')
     df = pd.read_csv(path)
   else:
-    df = experiment.load_results(args.results)
+    df = pipeline.load_results(args.results)
   if not len(df):
     raise UsageError(f'{args.results} has no evaluation points to plot')
   methods = sorted(df['method'].dropna().unique())
@@ -186,7 +175,7 @@ def cmd_plot(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
   from alignlab.config import ConfigError
-  from alignlab.experiment import ExperimentError
+  from alignlab.pipeline import ExperimentError
   from alignlab.runs import RunDirError
   parser = build_parser()
   try:
@@ -196,7 +185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
       return 2
     if args.command == 'list':
       return cmd_list()
-    return {'run': cmd_run, 'eval': cmd_eval, 'plot': cmd_plot}[args.command](args)
+    if args.command == 'run':  # straight to the pipeline: it prints the verdict and plots
+      from alignlab import pipeline
+      pipeline.run_experiment(args.experiment, args.variant, args.overrides, args.out,
+                              progress=not args.quiet)
+      return 0
+    return {'eval': cmd_eval, 'plot': cmd_plot}[args.command](args)
   except (UsageError, ExperimentError, ConfigError, RunDirError) as e:
     message = ' '.join(str(e).split())  # one line, whatever the message held
     print(f'alignlab: error: {message}', file=sys.stderr)

@@ -3,20 +3,11 @@
 
 API
 ---
-Exact task (`alignlab/data/exact.py`): a policy is its log-probs over every response,
-`logp` (P, Y). All jittable; scalars are means over the (uniform) prompts.
-
-    exact_metrics(logp, ref_logp, r, beta) -> {reward, kl, objective, optimal_objective, gap,
-                                               gap_fraction}
-    exact_policy_logp(graphdef, params, task, temperature=1.0) -> logp (P, Y)   (jitted)
-    exact_win_rate(logp, ref_logp, r) -> P(r(y) > r(y')) + ½·P(tie), y ~ π, y' ~ π_ref
-    exact_implicit_accuracy(logp, ref_logp, prompt_index, first_index, second_index,
-                            first_score, second_score) -> accuracy of β·log π/π_ref
-    frontier_reward_at_kl(ref_logp, r, kl) -> the largest E r any policy reaches at that KL
-    exact_gold_reward_fn(task) -> a host gold reward `fn(prompts, responses)` (for sampling)
+Task-agnostic: the exact task's enumerated evaluation lives with that task
+(`alignlab/tasks/exact_math.py`); it shares `implicit_accuracy_from_rewards`.
 
 Sampled (text tasks, e.g. IMDb): prompts are lists of token ids (no padding); the gold reward
-is a host callable `gold_reward_fn(prompts, responses) -> (n,)` (`alignlab/rewards.py`);
+is a host callable `gold_reward_fn(prompts, responses) -> (n,)` (e.g. `alignlab/tasks/imdb_gold.py`);
 `proxy_reward` a device callable `(tokens_BxT, attention_mask_BxT) -> (B,)`, e.g.
 `functools.partial(train.reward_model.score, rm_graphdef, rm_params)`.
 
@@ -55,56 +46,12 @@ import numpy as np
 from flax import nnx
 
 from alignlab.config import SamplingConfig
-from alignlab.data import exact
 from alignlab.logprobs import sequence_logprobs, sum_and_count, token_kl, token_logprobs
 from alignlab.losses.ppo import kl_k3
 from alignlab.sampling import sample
 
 TEMPERATURES = (0.0, 0.25, 0.5, 0.75, 1.0)
 GREEDY_TEMPERATURE = 1e-6  # T = 0 in the exact task: logits / 1e-6 make every row one-hot
-
-
-# ---------------------------------------------------------------------------------------------
-# Exact task
-
-
-def exact_metrics(logp: jax.Array, ref_logp: jax.Array, r: jax.Array,
-                  beta: float | jax.Array) -> dict[str, jax.Array]:
-  """Exact E r, KL(π‖π_ref), J_β(π), J_β(π*), the gap J_β(π*) − J_β(π) = β·KL(π‖π*) and
-  `gap_fraction` = gap / gap of π_ref (0 at the optimum, 1 where π_ref stands), each the
-  mean over prompts. The gap is computed as a KL, so it stays accurate near 0."""
-  reward = exact.expected_reward(logp, r).mean()
-  kl = exact.kl(logp, ref_logp).mean()
-  gap = exact.gap(logp, ref_logp, r, beta).mean()
-  ref_gap = exact.gap(ref_logp, ref_logp, r, beta).mean()
-  return {'reward': reward, 'kl': kl, 'objective': reward - beta * kl,
-          'optimal_objective': exact.optimal_value(ref_logp, r, beta).mean(), 'gap': gap,
-          'gap_fraction': gap / jnp.maximum(ref_gap, jnp.finfo(jnp.float32).tiny)}
-
-
-@functools.partial(jax.jit, static_argnames=('graphdef', 'task'))
-def exact_policy_logp(graphdef, params, task: exact.ExactTaskConfig,
-                      temperature: float | jax.Array = 1.0) -> jax.Array:
-  """log π(y|x) of every response, (P, Y), of a `CausalLM` whose next-token logits are divided
-  by `temperature` (traced; per-token tempering, as a sampler does). Use
-  `GREEDY_TEMPERATURE` for greedy decoding."""
-  model = nnx.merge(graphdef, params)
-  return exact.policy_logprobs_all(lambda t, m: model(t, m) / temperature, task)
-
-
-def exact_win_rate(logp: jax.Array, ref_logp: jax.Array, r: jax.Array) -> jax.Array:
-  """P(r(x, y) > r(x, y')) + ½·P(r(x, y) = r(x, y')) for y ~ π, y' ~ π_ref, mean over x:
-  the gold-judged win rate against π_ref samples, exactly. π_ref against itself gives ½."""
-
-  def one(logp_Y, ref_logp_Y, r_Y):
-    order_Y = jnp.argsort(r_Y)
-    r_sorted_Y = r_Y[order_Y]
-    cdf_Y = jnp.concatenate([jnp.zeros(1), jnp.cumsum(jnp.exp(ref_logp_Y[order_Y]))])
-    below_Y = cdf_Y[jnp.searchsorted(r_sorted_Y, r_Y, side='left')]
-    at_or_below_Y = cdf_Y[jnp.searchsorted(r_sorted_Y, r_Y, side='right')]
-    return jnp.sum(jnp.exp(logp_Y) * 0.5 * (below_Y + at_or_below_Y))
-
-  return jax.vmap(one)(logp, ref_logp, r).mean()
 
 
 def implicit_accuracy_from_rewards(first_rewards: jax.Array, second_rewards: jax.Array,
@@ -120,57 +67,6 @@ def implicit_accuracy_from_rewards(first_rewards: jax.Array, second_rewards: jax
           'implicit_margin': jnp.sum(jnp.where(counted_N, implicit_N * jnp.sign(gold_N), 0.0))
                              / jnp.maximum(n, 1),
           'n': n}
-
-
-def exact_implicit_accuracy(logp: jax.Array, ref_logp: jax.Array, prompt_index: jax.Array,
-                            first_index: jax.Array, second_index: jax.Array,
-                            first_score: jax.Array, second_score: jax.Array,
-                            beta: float | jax.Array = 1.0) -> dict:
-  """Accuracy of DPO's implicit reward r̂ = β·log π(y|x)/π_ref(y|x) (arXiv 2305.18290 §5) at
-  ordering held-out pairs (responses given by index) by their gold scores."""
-  implicit_PxY = beta * (logp - ref_logp)
-  return implicit_accuracy_from_rewards(implicit_PxY[prompt_index, first_index],
-                                        implicit_PxY[prompt_index, second_index],
-                                        first_score, second_score)
-
-
-def frontier_reward_at_kl(ref_logp: jax.Array, r: jax.Array, kl: jax.Array, *,
-                          log_beta_range: tuple[float, float] = (-9.0, 9.0),
-                          iterations: int = 60) -> jax.Array:
-  """The largest E_x E_π r of any policy with E_x KL(π‖π_ref) = kl: the reward of the π*_β
-  whose KL is `kl`, β found by bisection in log β (KL(π*_β‖π_ref) falls as β grows). Any
-  policy's reward lies at or below it, so `frontier_reward_at_kl(kl(π)) − reward(π) ≥ 0` is
-  a β-free shortfall. Beyond the range's ends it saturates."""
-
-  def kl_at(log_beta):
-    return exact.kl(exact.optimal_policy(ref_logp, r, jnp.exp(log_beta)), ref_logp).mean()
-
-  def body(_, bounds):
-    lo, hi = bounds
-    mid = 0.5 * (lo + hi)
-    too_far = kl_at(mid) > kl  # β too small
-    return jnp.where(too_far, mid, lo), jnp.where(too_far, hi, mid)
-
-  lo, hi = jax.lax.fori_loop(0, iterations, body,
-                             (jnp.float32(log_beta_range[0]), jnp.float32(log_beta_range[1])))
-  logp = exact.optimal_policy(ref_logp, r, jnp.exp(0.5 * (lo + hi)))
-  return exact.expected_reward(logp, r).mean()
-
-
-def exact_gold_reward_fn(task: exact.ExactTaskConfig) -> Callable:
-  """The exact task's gold reward with the host signature of `alignlab/rewards.py`:
-  `fn(prompts, responses) -> (n,)`, prompts `[[prompt_token]]`, responses of R symbols."""
-  table_PxY = exact.gold_reward(task)
-  first_prompt = int(exact.prompt_tokens(task)[0])
-
-  def reward(prompts, responses):
-    prompt_N = np.asarray([p[-1] for p in prompts]) - first_prompt
-    index_N = np.asarray(exact.response_index(task, np.asarray(responses, np.int32)))
-    if (index_N < 0).any():
-      raise ValueError('a response holds an id that is not a response symbol')
-    return table_PxY[prompt_N, index_N]
-
-  return reward
 
 
 # ---------------------------------------------------------------------------------------------

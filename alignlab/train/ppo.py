@@ -24,7 +24,7 @@ One iteration = one rollout batch (`train/rollout.py`) + one jitted update:
    minibatch permutation comes from the state's RNG, so a resumed run replays exactly.
 
 The whole update (rewards, GAE, every epoch and minibatch, the KL controller) is one jitted
-program with the old state donated. `train_ppo` runs iterations with `train/loop.py`'s loop:
+program with the old state donated. `train_ppo` runs iterations with `train/fit.py`'s loop:
 resume from the latest orbax checkpoint, progress bar, `metrics.jsonl`, NaN guard.
 """
 
@@ -49,7 +49,7 @@ from alignlab.losses.ppo import (adaptive_kl_update, gae, grpo_advantages, kl_k1
                                  masked_mean, masked_whiten, per_token_rewards, ppo_policy_loss,
                                  ppo_value_loss, rloo_advantages)
 from alignlab.sampling import sample
-from alignlab.train.loop import train_loop
+from alignlab.train.fit import TrainingDiverged, loop
 from alignlab.train.optim import apply_updates, make_optimizer
 from alignlab.train.rollout import (GoldReward, RewardModel, Rollout, check_sampling,
                                     evaluate_samples, logps_from_response_logits,
@@ -455,7 +455,12 @@ def train_ppo(cfg: PPOConfig, policy: tuple[Any, dict], ref_params: dict,
 
   run_config = {'ppo': to_dict(cfg), 'extra': to_dict(config) if config is not None else {}}
   with sharding.use_mesh(mesh):
-    return train_loop(iteration, state, prompts_at, hparams, n_steps=cfg.n_iterations,
-                      run_dir=run_dir, config=run_config, save_every=cfg.save_every,
-                      eval_fn=eval_fn, eval_every=eval_every, desc=f'{cfg.algorithm}',
-                      progress=progress, stop_after=stop_after)
+    state, failed = loop(
+        iteration, state, lambda step: (prompts_at(step), hparams), n_steps=cfg.n_iterations,
+        run_dirs=[run_dir], configs=[run_config], save_every=cfg.save_every,
+        eval_fn=None if eval_fn is None else (lambda st, step: [eval_fn(st, step)]),
+        eval_every=eval_every, desc=f'{cfg.algorithm}', progress=progress, stop_after=stop_after)
+  if failed[0] is not None:
+    raise TrainingDiverged(f'{cfg.algorithm}: {failed[0]["reason"]} at step {failed[0]["step"]}; '
+                           f'the last finite checkpoint is kept in {Path(run_dir) / "checkpoints"}')
+  return state

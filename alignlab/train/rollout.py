@@ -244,27 +244,9 @@ def score_sequences(reward: RewardModel | GoldReward, tokens_BxT, attention_mask
 # Gold rewards in the rollout's form
 
 
-def exact_task_reward(task_cfg) -> GoldReward:
-  """The exact task's gold r(x, y) (`alignlab.data.exact.gold_reward`) on sequences
-  `[prompt_token, y_1..y_R]`; a response holding a non-symbol token is an error."""
-  from alignlab.data import exact
-  r_PxY = exact.gold_reward(task_cfg)
-  first_prompt = int(exact.prompt_tokens(task_cfg)[0])
-
-  def fn(tokens_BxT, attention_mask_BxT, response_mask_BxT):
-    del attention_mask_BxT, response_mask_BxT
-    prompt_B = tokens_BxT[:, 0] - first_prompt
-    index_B = np.asarray(exact.response_index(task_cfg, tokens_BxT[:, 1:]))
-    if (index_B < 0).any() or (prompt_B < 0).any() or (prompt_B >= task_cfg.n_prompts).any():
-      raise ValueError('exact_task_reward: a sequence is not [prompt, response symbols]')
-    return r_PxY[prompt_B, index_B]
-
-  return fn
-
-
 def from_token_lists(reward_fn: Callable[[list[list[int]], list[list[int]]], np.ndarray]
                      ) -> GoldReward:
-  """Adapts a `alignlab.rewards.Reward` (prompts and responses as token-id lists, e.g.
+  """Adapts a host reward (prompts and responses as token-id lists, e.g.
   `VaderReward`) to the rollout's `(tokens, attention_mask, response_mask)` form. The prompt
   is the real tokens before the response; the response keeps its EOS (rewards drop special
   tokens themselves)."""

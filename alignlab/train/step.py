@@ -7,7 +7,7 @@ and divided by the total count once, so accumulating A micro-batches gives the f
 gradient exactly, whatever the padding (Σ loss_sum / Σ count, never a mean of means).
 
 `hparams` are traced scalars (β, learning rate, ...), so `jax.vmap` over a leading run axis
-of (state, hparams) trains a sweep as one program (`alignlab/sweep.py`).
+of (state, hparams) trains a sweep as one program (`alignlab/train/fit.py`).
 """
 
 from __future__ import annotations
@@ -41,14 +41,12 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                     grad_accum: int = 1) -> Callable:
   """(state, batch, hparams) -> (state, metrics); hparams must hold 'learning_rate'."""
 
-  def grads_of(params, micro, hparams):
-    (loss_sum, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, micro, hparams)
-    return loss_sum, metrics, grads
+  grads_of = jax.value_and_grad(loss_fn, has_aux=True)
 
   def step(state, batch, hparams):
     params = state['params']
     if grad_accum == 1:
-      loss_sum, metrics, grads = grads_of(params, batch, hparams)
+      (loss_sum, metrics), grads = grads_of(params, batch, hparams)
       count = metrics['count']
       weighted = {k: v * count for k, v in metrics.items() if k not in ('count', 'loss_sum')}
     else:
@@ -56,14 +54,14 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
 
       def body(carry, mb):
         g_acc, l_acc, c_acc, w_acc = carry
-        l, m, g = grads_of(params, mb, hparams)
+        (l, m), g = grads_of(params, mb, hparams)
         c = m['count']
         w = {k: v * c for k, v in m.items() if k not in ('count', 'loss_sum')}
         return (jax.tree.map(jnp.add, g_acc, g), l_acc + l, c_acc + c,
                 jax.tree.map(jnp.add, w_acc, w)), None
 
       first = jax.tree.map(lambda x: x[0], micro)
-      _, m0, _ = jax.eval_shape(grads_of, params, first, hparams)
+      (_, m0), _ = jax.eval_shape(grads_of, params, first, hparams)
       zeros_w = {k: jnp.zeros(v.shape, v.dtype) for k, v in m0.items()
                  if k not in ('count', 'loss_sum')}
       init = (jax.tree.map(jnp.zeros_like, params), jnp.zeros(()), jnp.zeros(()), zeros_w)
@@ -73,7 +71,10 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     updates, opt_state = optimizer.update(grads, state['opt_state'], params)
     new_params = apply_updates(params, updates, hparams['learning_rate'])
     out = {k: v / denom for k, v in weighted.items()}
-    out.update({'loss': loss_sum / denom, 'count': count, 'grad_norm': optax.global_norm(grads)})
+    grad_norm = optax.global_norm(grads)
+    out.update({'loss': loss_sum / denom, 'count': count, 'grad_norm': grad_norm,
+                # The NaN policy's signal (train/fit.py): this step's loss and update were finite.
+                'finite': jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)})
     new_state = {**state, 'params': new_params, 'opt_state': opt_state, 'step': state['step'] + 1}
     return new_state, out
 

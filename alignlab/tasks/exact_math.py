@@ -1,5 +1,5 @@
 """The exact task: an enumerable problem where the optimum of the KL-regularized objective is
-known in closed form (DESIGN.md §4 "exact").
+known in closed form .
 
     J_β(π) = E_x E_{y~π(·|x)} r(x, y) − β · KL(π(·|x) ‖ π_ref(·|x))
 
@@ -35,14 +35,17 @@ Shape suffixes in this module (they override alignlab/model.py's legend where th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from alignlab.config import ConfigError
+from alignlab.evaluate import implicit_accuracy_from_rewards
 
 PAD_ID = 0
 RESPONSE_OFFSET = 1  # response symbol s ∈ {1..vocab} is token id s; index digit is s − 1
@@ -218,7 +221,8 @@ def kl(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
   """KL(π(·|x) ‖ π_ref(·|x)) = Σ_y π (log π − log π_ref) per prompt, (P,). Responses with
   π(y) = 0 contribute 0 (also to the gradient); π(y) > 0 = π_ref(y) gives +inf."""
   logp_PxY = jnp.asarray(logp)
-  support_PxY = logp_PxY > -jnp.inf
+  # `!= -inf`, not `> -inf`: a NaN policy must give a NaN KL (a diverged run), never 0.
+  support_PxY = logp_PxY != -jnp.inf
   safe_logp_PxY = jnp.where(support_PxY, logp_PxY, 0.0)
   safe_ref_PxY = jnp.where(support_PxY, ref_logp, 0.0)
   term_PxY = jnp.exp(safe_logp_PxY) * (safe_logp_PxY - safe_ref_PxY)
@@ -456,3 +460,116 @@ def preference_batch(cfg: ExactTaskConfig, pairs: PreferencePairs) -> dict[str, 
     batch[f'{side}_response_mask'] = np.tile(response_mask_T, (n, 1))
     batch[f'{side}_score'] = np.asarray(getattr(pairs, f'{side}_score'), np.float32)
   return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact evaluation of a policy given as its log-probs over every response, (P, Y); scalars are
+# means over the (uniform) prompts.
+
+def exact_metrics(logp: jax.Array, ref_logp: jax.Array, r: jax.Array,
+                  beta: float | jax.Array) -> dict[str, jax.Array]:
+  """Exact E r, KL(π‖π_ref), J_β(π), J_β(π*), the gap J_β(π*) − J_β(π) = β·KL(π‖π*) and
+  `gap_fraction` = gap / gap of π_ref (0 at the optimum, 1 where π_ref stands), each the
+  mean over prompts. The gap is computed as a KL, so it stays accurate near 0."""
+  reward = expected_reward(logp, r).mean()
+  kl_ = kl(logp, ref_logp).mean()
+  gap_ = gap(logp, ref_logp, r, beta).mean()
+  ref_gap = gap(ref_logp, ref_logp, r, beta).mean()
+  return {'reward': reward, 'kl': kl_, 'objective': reward - beta * kl_,
+          'optimal_objective': optimal_value(ref_logp, r, beta).mean(), 'gap': gap_,
+          'gap_fraction': gap_ / jnp.maximum(ref_gap, jnp.finfo(jnp.float32).tiny)}
+
+
+@functools.partial(jax.jit, static_argnames=('graphdef', 'task'))
+def exact_policy_logp(graphdef, params, task: ExactTaskConfig,
+                      temperature: float | jax.Array = 1.0) -> jax.Array:
+  """log π(y|x) of every response, (P, Y), of a `CausalLM` whose next-token logits are divided
+  by `temperature` (traced; per-token tempering, as a sampler does). Use
+  `GREEDY_TEMPERATURE` for greedy decoding."""
+  model = nnx.merge(graphdef, params)
+  return policy_logprobs_all(lambda t, m: model(t, m) / temperature, task)
+
+
+def exact_win_rate(logp: jax.Array, ref_logp: jax.Array, r: jax.Array) -> jax.Array:
+  """P(r(x, y) > r(x, y')) + ½·P(r(x, y) = r(x, y')) for y ~ π, y' ~ π_ref, mean over x:
+  the gold-judged win rate against π_ref samples, exactly. π_ref against itself gives ½."""
+
+  def one(logp_Y, ref_logp_Y, r_Y):
+    order_Y = jnp.argsort(r_Y)
+    r_sorted_Y = r_Y[order_Y]
+    cdf_Y = jnp.concatenate([jnp.zeros(1), jnp.cumsum(jnp.exp(ref_logp_Y[order_Y]))])
+    below_Y = cdf_Y[jnp.searchsorted(r_sorted_Y, r_Y, side='left')]
+    at_or_below_Y = cdf_Y[jnp.searchsorted(r_sorted_Y, r_Y, side='right')]
+    return jnp.sum(jnp.exp(logp_Y) * 0.5 * (below_Y + at_or_below_Y))
+
+  return jax.vmap(one)(logp, ref_logp, r).mean()
+
+
+def exact_implicit_accuracy(logp: jax.Array, ref_logp: jax.Array, prompt_index: jax.Array,
+                            first_index: jax.Array, second_index: jax.Array,
+                            first_score: jax.Array, second_score: jax.Array,
+                            beta: float | jax.Array = 1.0) -> dict:
+  """Accuracy of DPO's implicit reward r̂ = β·log π(y|x)/π_ref(y|x) (arXiv 2305.18290 §5) at
+  ordering held-out pairs (responses given by index) by their gold scores."""
+  implicit_PxY = beta * (logp - ref_logp)
+  return implicit_accuracy_from_rewards(implicit_PxY[prompt_index, first_index],
+                                        implicit_PxY[prompt_index, second_index],
+                                        first_score, second_score)
+
+
+def frontier_reward_at_kl(ref_logp: jax.Array, r: jax.Array, kl_target: jax.Array, *,
+                          log_beta_range: tuple[float, float] = (-9.0, 9.0),
+                          iterations: int = 60) -> jax.Array:
+  """The largest E_x E_π r of any policy with E_x KL(π‖π_ref) = kl_target: the reward of the π*_β
+  whose KL is `kl_target`, β found by bisection in log β (KL(π*_β‖π_ref) falls as β grows). Any
+  policy's reward lies at or below it, so `frontier_reward_at_kl(kl(π)) − reward(π) ≥ 0` is
+  a β-free shortfall. Beyond the range's ends it saturates."""
+
+  def kl_at(log_beta):
+    return kl(optimal_policy(ref_logp, r, jnp.exp(log_beta)), ref_logp).mean()
+
+  def body(_, bounds):
+    lo, hi = bounds
+    mid = 0.5 * (lo + hi)
+    too_far = kl_at(mid) > kl_target  # β too small
+    return jnp.where(too_far, mid, lo), jnp.where(too_far, hi, mid)
+
+  lo, hi = jax.lax.fori_loop(0, iterations, body,
+                             (jnp.float32(log_beta_range[0]), jnp.float32(log_beta_range[1])))
+  logp = optimal_policy(ref_logp, r, jnp.exp(0.5 * (lo + hi)))
+  return expected_reward(logp, r).mean()
+
+
+def exact_gold_reward_fn(task: ExactTaskConfig) -> Callable:
+  """The exact task's gold reward with the host signature of `alignlab/rewards.py`:
+  `fn(prompts, responses) -> (n,)`, prompts `[[prompt_token]]`, responses of R symbols."""
+  table_PxY = gold_reward(task)
+  first_prompt = int(prompt_tokens(task)[0])
+
+  def reward(prompts, responses):
+    prompt_N = np.asarray([p[-1] for p in prompts]) - first_prompt
+    index_N = np.asarray(response_index(task, np.asarray(responses, np.int32)))
+    if (index_N < 0).any():
+      raise ValueError('a response holds an id that is not a response symbol')
+    return table_PxY[prompt_N, index_N]
+
+  return reward
+
+
+def exact_task_reward(task_cfg) -> Callable:
+  """The exact task's gold r(x, y) (`gold_reward`) on sequences
+  `[prompt_token, y_1..y_R]`; a response holding a non-symbol token is an error."""
+  r_PxY = gold_reward(task_cfg)
+  first_prompt = int(prompt_tokens(task_cfg)[0])
+
+  def fn(tokens_BxT, attention_mask_BxT, response_mask_BxT):
+    del attention_mask_BxT, response_mask_BxT
+    prompt_B = tokens_BxT[:, 0] - first_prompt
+    index_B = np.asarray(response_index(task_cfg, tokens_BxT[:, 1:]))
+    if (index_B < 0).any() or (prompt_B < 0).any() or (prompt_B >= task_cfg.n_prompts).any():
+      raise ValueError('exact_task_reward: a sequence is not [prompt, response symbols]')
+    return r_PxY[prompt_B, index_B]
+
+  return fn
+
+

@@ -1,4 +1,5 @@
-"""The IMDb sentiment classifier: the alternative gold reward (issue 3; DESIGN.md §4).
+"""The IMDb task's gold rewards: VADER (the default) and a sentiment classifier trained on the
+real IMDb labels (`--set task.gold=classifier`).
 
 The DPO paper judges IMDb completions with a pretrained sentiment classifier (arXiv
 2305.18290 §6.1, reward ≈ p(positive)). We cannot download one, so we train one: the shared
@@ -15,7 +16,7 @@ lengths (`eval_tokens`).
 
     stage = classifier_stage(ClassifierConfig(), imdb.ImdbConfig(), tok, mesh)
     stage.metrics['heldout_accuracy']  # {'16': ..., '32': ..., '64': ...}
-    reward = stage.reward(tok)  # a rewards.Reward: p(positive) of prompt ⊕ response
+    reward = stage.reward(tok)  # a ClassifierReward: p(positive) of prompt ⊕ response
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -33,14 +34,14 @@ from flax import nnx
 from alignlab import sharding
 from alignlab.checkpoint import save_params
 from alignlab.config import ModelConfig, OptimizerConfig, to_dict
-from alignlab.data import imdb
+from alignlab.tasks import imdb_data as imdb
 from alignlab.data.cache import atomic_dir, copy_logs, work_dir
 from alignlab.data.tokenizer import Tokenizer
 from alignlab.heads import last_token_value
 from alignlab.losses.reward import logistic
 from alignlab.train.batches import ArrayBatches
 from alignlab.train.reward_model import cached_scalar_model, score
-from alignlab.train.run import fit
+from alignlab.train.fit import fit
 
 STAGE_VERSION = 1
 
@@ -80,7 +81,6 @@ class ClassifierStage(NamedTuple):
   from_cache: bool
 
   def reward(self, tok: Tokenizer, *, batch_size: int = 256):
-    from alignlab.rewards import ClassifierReward
     return ClassifierReward(self.graphdef, self.params, tok, max_seq_len=int(self.metrics['max_seq_len']),
                             batch_size=batch_size)
 
@@ -177,3 +177,77 @@ def classifier_stage(cfg: ClassifierConfig, data: imdb.ImdbConfig, tok: Tokenize
     (tmp / 'metrics.json').write_text(json.dumps(metrics, indent=2))
   shutil.rmtree(work, ignore_errors=True)
   return ClassifierStage(graphdef, params, directory, metrics, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The gold rewards: `reward(prompts, responses) -> (n,) float32` on the host, prompts and
+# responses equal-length lists of token-id lists (padding removed).
+
+TokenIds = Sequence[int]
+
+
+class Reward(Protocol):
+
+  def __call__(self, prompts: Sequence[TokenIds], responses: Sequence[TokenIds]) -> np.ndarray:
+    ...
+
+
+class VaderReward:
+  """VADER compound sentiment in [-1, 1] of the decoded prompt + response (Hutto & Gilbert,
+  ICWSM 2014). It stands in for the DPO paper's sentiment classifier (arXiv:2305.18290 §6.1)
+  with no download: the lexicon ships with `vaderSentiment`.
+
+  Special tokens are dropped before decoding. `include_prompt=False` scores the response alone.
+  """
+
+  def __init__(self, tokenizer, *, include_prompt: bool = True):
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    self.tokenizer = tokenizer
+    self.include_prompt = include_prompt
+    self._analyzer = SentimentIntensityAnalyzer()
+
+  def texts(self, prompts: Sequence[TokenIds], responses: Sequence[TokenIds]) -> list[str]:
+    if len(prompts) != len(responses):
+      raise ValueError(f'{len(prompts)} prompts but {len(responses)} responses')
+    tok = self.tokenizer
+    special = {tok.pad_id, tok.bos_id, tok.eos_id}
+    # Decode the concatenation: a character whose bytes span the boundary stays intact.
+    ids = [[int(t) for t in (list(p) + list(r) if self.include_prompt else r) if int(t) not in special]
+           for p, r in zip(prompts, responses)]
+    decode_batch = getattr(tok, 'decode_batch', None)  # optional in the tokenizer interface
+    return decode_batch(ids) if decode_batch else [tok.decode(seq) for seq in ids]
+
+  def score_texts(self, texts: Sequence[str]) -> np.ndarray:
+    return np.asarray([self._analyzer.polarity_scores(t)['compound'] for t in texts], np.float32)
+
+  def __call__(self, prompts: Sequence[TokenIds], responses: Sequence[TokenIds]) -> np.ndarray:
+    return self.score_texts(self.texts(prompts, responses))
+
+
+class ClassifierReward:
+  """p(positive) in [0, 1] from the trained IMDb sentiment classifier
+  (`classifier_stage` above), the alternative gold reward; the DPO paper's sentiment
+  reward is likewise a classifier's probability (arXiv:2305.18290 §6.1).
+
+  The text scored is `<bos>` + the non-special tokens of prompt ⊕ response, the form the
+  classifier was trained on; it keeps its first `max_seq_len − 1` tokens. Rows go through the
+  jitted scorer in fixed-size batches, so every call reuses one compiled program.
+  """
+
+  def __init__(self, graphdef, params, tokenizer, *, max_seq_len: int, batch_size: int = 256):
+    self.graphdef, self.params, self.tokenizer = graphdef, params, tokenizer
+    self.width = max_seq_len
+    self.batch_size = batch_size
+
+  def logits(self, prompts: Sequence[TokenIds], responses: Sequence[TokenIds]) -> np.ndarray:
+    if len(prompts) != len(responses):
+      raise ValueError(f'{len(prompts)} prompts but {len(responses)} responses')
+    tok = self.tokenizer
+    special = {tok.pad_id, tok.bos_id, tok.eos_id}
+    ids = [[int(t) for t in list(p) + list(r) if int(t) not in special] for p, r in zip(prompts, responses)]
+    lengths_N = np.asarray([min(len(seq), self.width - 1) for seq in ids], np.int64)
+    tokens_NxT, mask_NxT = prefix_rows(ids, lengths_N, bos_id=tok.bos_id, pad_id=tok.pad_id, width=self.width)
+    return logits_of_rows(self.graphdef, self.params, tokens_NxT, mask_NxT, batch_size=self.batch_size)
+
+  def __call__(self, prompts: Sequence[TokenIds], responses: Sequence[TokenIds]) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-self.logits(prompts, responses).astype(np.float64)))).astype(np.float32)

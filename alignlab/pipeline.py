@@ -1,0 +1,274 @@
+"""The pipeline, once for every task: π_ref → pairs → (reward model) → methods → evaluation →
+results table → plots and verdict.
+
+    cfg = ExperimentConfig(name='exact_frontier', task=exact.Config(), methods=('dpo', 'ppo'),
+                           sweeps=Sweeps(dpo=(0.1, 1.0)))
+    result = run_experiment('exact_frontier', 'tiny', ['sweeps.dpo=(0.3,)'])
+    df = run(cfg, out_dir)      # trains and evaluates; the runner (run_experiment) writes
+
+An experiment (`experiments/<name>.py`, or any .py file) is configuration only:
+    VARIANTS = ('tiny', 'quick', 'paper')
+    get_config(variant) -> ExperimentConfig        (an unknown variant: `unknown_variant`)
+and is loaded by name or path (`load_experiment`); it is not an installed package.
+
+The task (`cfg.task`, the `Config` of a `tasks.TASKS` module) builds π_ref and the pairs in
+its cached stages (`alignlab/stages.py`: one cache root) and returns its env; every method of
+`cfg.methods` then trains against that env with the values of `cfg.sweeps.<method>` × seeds
+(`alignlab/methods.py`). The runner alone writes `results.csv`, `win_rates.csv`,
+`stages.json`, the plots and `summary.md`.
+
+Run dirs and the results table: `alignlab/runs.py`. Errors the user can fix are
+`ExperimentError` or `config.ConfigError`, one line each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Sequence
+
+import pandas as pd
+
+from alignlab import methods as methods_lib
+from alignlab import plots, runs, sharding
+from alignlab.config import ConfigError, MeshConfig, apply_overrides, config_hash, to_dict
+from alignlab.methods import METHODS, RLConfig, Sweeps, TrainConfig
+from alignlab.tasks import task_of
+
+VARIANTS = ('tiny', 'quick', 'paper')
+RUNS_ENV = 'ALIGNLAB_RUNS'  # where default out dirs go (default: ./runs)
+
+
+class ExperimentError(ValueError):
+  """An unknown experiment, a missing results table, a plot with nothing to plot."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  name: str
+  task: Any  # the Config of a task in `tasks.TASKS`; its type says which task
+  methods: tuple[str, ...]
+  sweeps: Sweeps = Sweeps()
+  train: TrainConfig = TrainConfig()
+  rl: RLConfig = RLConfig()
+  seeds: tuple[int, ...] = (0,)
+  mesh: MeshConfig = MeshConfig()
+
+
+@dataclasses.dataclass
+class ExperimentResult:
+  out_dir: Path
+  df: pd.DataFrame
+  results_csv: Path
+  plots: list[Path]
+  table: str
+
+
+def unknown_variant(variant: str, known: Sequence[str] = VARIANTS) -> ConfigError:
+  return ConfigError(f'unknown variant {variant!r}; known variants: {", ".join(known)}')
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def experiments_dirs() -> list[Path]:
+  """Where experiments live: the repository's `experiments/` beside the `alignlab` package,
+  and `./experiments`."""
+  here = Path(__file__).resolve().parent.parent / 'experiments'
+  cwd = Path.cwd() / 'experiments'
+  return [d for d in dict.fromkeys([here, cwd]) if d.is_dir()]
+
+
+def _names() -> list[str]:
+  return sorted({p.stem for d in experiments_dirs() for p in d.glob('*.py')
+                 if not p.stem.startswith('_')})
+
+
+def load_experiment(name_or_path: str) -> ModuleType:
+  """An experiment module by name (`experiments/<name>.py`) or by path to a .py file."""
+  path = Path(name_or_path)
+  if path.suffix != '.py':
+    found = [d / f'{name_or_path}.py' for d in experiments_dirs()
+             if (d / f'{name_or_path}.py').is_file()]
+    if not found or name_or_path.startswith('_'):
+      known = ', '.join(_names()) or 'none'
+      raise ExperimentError(f'unknown experiment {name_or_path!r}; known experiments: {known} '
+                            '(or give a path to a .py file)')
+    path = found[0]
+  elif not path.is_file():
+    raise ExperimentError(f'no experiment file {name_or_path}')
+  name = f'alignlab_experiment_{path.stem}'
+  spec = importlib.util.spec_from_file_location(name, path.resolve())
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module  # dataclasses look their module up while the file executes
+  try:
+    spec.loader.exec_module(module)
+  except BaseException:
+    sys.modules.pop(name, None)
+    raise
+  if not hasattr(module, 'get_config'):
+    raise ExperimentError(f'{name_or_path} is not an experiment: it defines no get_config')
+  return module
+
+
+def list_experiments() -> dict[str, tuple[str, ...]]:
+  out = {}
+  for name in _names():
+    try:
+      out[name] = tuple(getattr(load_experiment(name), 'VARIANTS', VARIANTS))
+    except Exception as e:  # a broken experiment file must not hide the others
+      out[name] = (f'<cannot load: {type(e).__name__}: {e}>',)
+  return out
+
+
+def make_config(module: ModuleType, variant: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
+  known = tuple(getattr(module, 'VARIANTS', VARIANTS))
+  if variant not in known:
+    raise unknown_variant(variant, known)
+  return apply_overrides(module.get_config(variant), list(overrides))
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def enable_compilation_cache() -> None:
+  """JAX's persistent compilation cache: a rerun skips XLA compiles."""
+  import jax
+
+  from alignlab.data.cache import cache_root
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', os.environ.get(
+        'JAX_COMPILATION_CACHE_DIR', str(cache_root() / 'jax_compilation_cache')))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
+def default_out_dir(name: str, variant: str) -> Path:
+  return Path(os.environ.get(RUNS_ENV, 'runs')) / f'{Path(name).stem}-{variant}'
+
+
+def _log(progress: bool, name: str):
+  def log(message: str) -> None:
+    if progress:
+      print(f'[{name}] {message}', file=sys.stderr, flush=True)
+  return log
+
+
+def setup(cfg: ExperimentConfig, *, progress: bool = True) -> tuple[ModuleType, dict]:
+  """(task module, env): the task's stages built or read from the cache."""
+  _, task = task_of(cfg.task)
+  mesh = sharding.make_mesh(cfg.mesh)
+  return task, task.setup(cfg.task, mesh=mesh, progress=progress, log=_log(progress, cfg.name))
+
+
+def run(cfg: ExperimentConfig, out_dir: str | Path, *, progress: bool = True) -> pd.DataFrame:
+  """Trains and evaluates every (method, value, seed) of `cfg` into run dirs under `out_dir`
+  (complete runs are skipped, partial ones resume); returns the results table."""
+  out_dir = Path(out_dir)
+  methods_lib.validate(cfg.methods, cfg.sweeps, cfg.train, cfg.rl)
+  log = _log(progress, cfg.name)
+  t0 = time.perf_counter()
+  task, env = setup(cfg, progress=progress)
+  timings = {'stages_s': time.perf_counter() - t0}
+  if 'frontier' in env and not (out_dir / 'frontier.csv').exists():
+    env['frontier']().to_csv(out_dir / 'frontier.csv', index=False)
+  for name in cfg.methods:
+    t1 = time.perf_counter()
+    runs_ = [(v, s) for v in getattr(cfg.sweeps, name) for s in cfg.seeds]
+    METHODS[name]['train'](env, name, runs_, cfg, out_dir, progress)
+    timings[f'{name}_s'] = time.perf_counter() - t1
+    log(f'{name}: {len(runs_)} runs in {timings[f"{name}_s"]:.1f} s')
+  timings['total_s'] = time.perf_counter() - t0
+  (out_dir / 'stages.json').write_text(json.dumps(
+      {'stages': env.get('stages', {}), 'info': env.get('info', {}), 'timings': timings},
+      indent=2, default=str))
+  return runs.collect_results(out_dir)
+
+
+def load_results(path: str | Path) -> pd.DataFrame:
+  """A results.csv, or the results.csv (else the run dirs) of an experiment out dir."""
+  path = Path(path)
+  if path.is_dir():
+    if (path / 'results.csv').exists():
+      path = path / 'results.csv'
+    else:
+      df = runs.collect_results(path)
+      if not len(df):
+        raise ExperimentError(f'{path} holds no results.csv and no run dirs with eval.jsonl')
+      return df
+  if not path.exists():
+    raise ExperimentError(f'no results at {path}')
+  try:
+    return pd.read_csv(path)
+  except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
+    raise ExperimentError(f'{path} is not a results table: {e}') from None
+
+
+def make_plots(cfg: ExperimentConfig, df: pd.DataFrame, out_dir: Path) -> list[Path]:
+  """The task's figures: the reward–KL frontier (first: the one the CLI prints), the gap to
+  the optimum where the task knows it, the win rates by temperature."""
+  _, task = task_of(cfg.task)
+  kinds = getattr(task, 'PLOTS', ('frontier', 'win_rates'))
+  frontier_csv = out_dir / 'frontier.csv'
+  frontier = pd.read_csv(frontier_csv) if frontier_csv.exists() else None
+  paths = [plots.plot_frontier(df, out_dir / 'frontier.png', frontier,
+                               title=f'{cfg.name}: gold reward vs KL(π‖π_ref)')]
+  if 'gap' in kinds and 'gap_fraction' in df and df['gap_fraction'].notna().any():
+    paths.append(plots.plot_gap(df, out_dir / 'gap.png'))
+  wr_csv = out_dir / 'win_rates.csv'
+  if 'win_rates' in kinds and wr_csv.exists():
+    paths.append(plots.plot_win_rates(pd.read_csv(wr_csv), out_dir / 'win_rates.png'))
+  return paths
+
+
+def summary(cfg: ExperimentConfig | None, df: pd.DataFrame) -> str:
+  """Per method, its best evaluation point by the task's BEST_BY (means over seeds)."""
+  by, mode = ('objective', 'max')
+  if cfg is not None:
+    by, mode = getattr(task_of(cfg.task)[1], 'BEST_BY', (by, mode))
+  return runs.format_table(runs.best_points(df, by, mode))
+
+
+def run_experiment(name: str, variant: str = 'quick', overrides: Sequence[str] = (),
+                   out_dir: str | Path | None = None, *, progress: bool = True,
+                   verbose: bool = True) -> ExperimentResult:
+  """Runs (or resumes) an experiment and writes results.csv, plots and the summary table."""
+  module = load_experiment(name)
+  cfg = make_config(module, variant, overrides)
+  out_dir = Path(out_dir) if out_dir is not None else default_out_dir(name, variant)
+  if out_dir.exists() and not out_dir.is_dir():
+    raise ExperimentError(f'--out {out_dir} is a file; give a directory')
+  out_dir.mkdir(parents=True, exist_ok=True)
+  record = json.dumps({'experiment': str(name), 'variant': variant, 'overrides': list(overrides),
+                       'config_hash': config_hash(cfg), 'config': to_dict(cfg)}, indent=1,
+                      default=str)
+  record_path = out_dir / 'experiment.json'
+  if not record_path.exists():  # a partial run can be re-evaluated (`alignlab eval`)
+    record_path.write_text(record)
+  enable_compilation_cache()
+  start = time.time()
+  df = run(cfg, out_dir, progress=progress)
+  record_path.write_text(record)  # the config that made the latest results
+  results_csv = out_dir / 'results.csv'
+  df.to_csv(results_csv, index=False)
+  win_rates = runs.collect_win_rates(out_dir)
+  if len(win_rates):
+    win_rates.to_csv(out_dir / 'win_rates.csv', index=False)
+  figures = make_plots(cfg, df, out_dir)
+  table = summary(cfg, df)
+  (out_dir / 'summary.md').write_text(
+      f'# {name} ({variant})\n\nBest point per method (`results.csv`):\n\n```\n{table}\n```\n')
+  if verbose:
+    print(f'{name} ({variant}): {len(df)} evaluation points from '
+          f'{df["run"].nunique() if len(df) else 0} runs in {time.time() - start:.0f} s; '
+          f'results: {results_csv}')
+    print(f'\nbest point per method ({results_csv}):\n{table}')
+    for path in figures:
+      print(f'plot: {path}')
+  return ExperimentResult(out_dir=out_dir, df=df, results_csv=results_csv, plots=figures,
+                          table=table)

@@ -1,0 +1,443 @@
+"""The one training loop: 1…R runs, resume, progress bar, metrics, one NaN policy, checkpoints.
+
+    state_R = fit_runs(loss_fn, params, data, hparams_R, optimizer=..., n_steps=...,
+                       run_dirs=[...], configs=[...], seeds=[...], ref_params=None, ...)
+    state = fit(loss_fn, params, batch_at, optimizer=..., n_steps=..., run_dir=..., config=...)
+    state = loop(step_fn, state, feed_at, n_steps=..., run_dirs=[run_dir], configs=[...])
+
+- `loss_fn(params, batch, hparams) -> (loss_sum, metrics)`: any stage's loss
+  (`train/step.py`). `hparams` holds traced scalars only (β, α, the learning rate); the frozen
+  reference, where a loss runs it per batch, arrives as `hparams['ref_params']` from the
+  explicit `ref_params=` argument, shared (not vmapped) by every run.
+- `data`: a `RunBatches(arrays, batch_size, seeds)` — every run r reads the batches
+  `ArrayBatches(arrays, batch_size, seed=seeds[r])` would give it, gathered inside the
+  program from arrays put on the devices once — or a callable `batch_at(step) -> dict`
+  whose batch every run shares.
+- R runs that differ only in scalar hyperparameters and seeds train as ONE compiled program,
+  `jax.vmap` (or `lax.map` over chunks) over a leading run axis of (state, hparams); the
+  result of each run equals the same run trained alone (tests/test_sweep.py, ≤ 1e-5).
+
+Batches are a pure function of the step and the RNG lives in the state, so a run resumed from
+its checkpoint at step N replays exactly what an uninterrupted run does from N.
+
+The NaN policy (one for every stage and method): a run whose loss or gradient norm turns
+non-finite, or whose evaluation does, FAILS. It stops being saved and evaluated, `failed.json`
+in its run dir records the step and the reason, and its newest checkpoint stays the last state
+that was finite (a save also checks the parameters). The other runs of the program go on.
+`fit` (one run) raises `TrainingDiverged` when its run fails.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm.auto import tqdm
+
+from alignlab import sharding
+from alignlab.checkpoint import Checkpointer
+from alignlab.config import OptimizerConfig, to_dict
+from alignlab.train.batches import ArrayBatches
+from alignlab.train.optim import make_optimizer
+from alignlab.train.step import init_state, make_train_step
+
+FAILED = 'failed.json'
+# Evaluation keys whose non-finite value fails a run: a point computed from a NaN policy.
+EVAL_FINITE_KEYS = ('gold_reward', 'kl', 'objective')
+
+
+class TrainingDiverged(RuntimeError):
+  """A run's loss, gradients, parameters or evaluation became non-finite."""
+
+
+class RunBatches:
+  """Per-run data order over one set of in-memory arrays: `indices(step)` is (R, B) int32,
+  row r equal to `ArrayBatches(arrays, batch_size, seed=seeds[r]).indices(step)`."""
+
+  def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seeds: Sequence[int], *,
+               shuffle: bool = True):
+    self.arrays = arrays
+    self.seeds = [int(s) for s in seeds]
+    self.per_run = [ArrayBatches(arrays, batch_size, seed=s, shuffle=shuffle) for s in self.seeds]
+
+  @property
+  def n_runs(self) -> int:
+    return len(self.per_run)
+
+  def indices(self, step: int) -> np.ndarray:
+    return np.stack([b.indices(step) for b in self.per_run]).astype(np.int32)
+
+
+# ----------------------------------------------------------------------------- run axis
+
+
+@jax.jit
+def _take(tree: Any, r: jax.Array) -> Any:
+  return jax.tree.map(lambda x: x[r], tree)
+
+
+def run_state(state_R: Any, r: int) -> Any:
+  """Run r's slice of a stacked state (or params); one compiled program for every r."""
+  return _take(state_R, jnp.int32(r))
+
+
+def stack_hparams(rows: Sequence[dict[str, float]]) -> dict[str, jax.Array]:
+  """[{'beta': 0.1}, {'beta': 1.0}] -> {'beta': (R,)}."""
+  names = sorted(rows[0])
+  if any(sorted(row) != names for row in rows):
+    raise ValueError(f'every run needs the same hyperparameter names; got {[sorted(r) for r in rows]}')
+  return {k: jnp.asarray([row[k] for row in rows], jnp.float32) for k in names}
+
+
+def run_axis(mesh, n_runs: int) -> str | None:
+  """'data' when the mesh has several 'data' devices and they divide the runs, else None."""
+  size = mesh.shape['data']
+  return 'data' if size > 1 and n_runs % size == 0 else None
+
+
+def _stacked_sharding(leaf, mesh, axis: str | None) -> NamedSharding:
+  spec = leaf.sharding.spec if isinstance(getattr(leaf, 'sharding', None), NamedSharding) else P()
+  inner = tuple(None if a == axis else a for a in tuple(spec) + (None,) * (leaf.ndim - len(spec)))
+  return NamedSharding(mesh, P(axis, *inner))
+
+
+def _batch_axes(axis: str | None) -> tuple[str, ...]:
+  return tuple(a for a in sharding.BATCH_AXES if a != axis)
+
+
+def make_runs_step(step: Callable, *, gather: bool, runs_per_chunk: int | None = None) -> Callable:
+  """Vectorizes `step(state, batch, hparams)` over a leading run axis.
+
+  gather=True: `(state_R, data, indices_RxB, hparams_R, shared)`, each run's batch gathered
+  from the shared `data` arrays inside the program. gather=False: `(state_R, batch,
+  hparams_R, shared)` with one batch shared by every run. runs_per_chunk=None vmaps every run
+  at once; k runs `lax.map` over chunks of k vmapped runs (still one program)."""
+
+  def over_runs(fn, *xs):
+    if runs_per_chunk is None:
+      return jax.vmap(fn)(*xs)
+    return jax.lax.map(lambda args: fn(*args), xs, batch_size=runs_per_chunk)
+
+  if gather:
+    def runs_step(state_R, data, indices_RxB, hparams_R, shared):
+      def one(state, indices_B, hp):
+        batch = jax.tree.map(lambda x: jnp.take(x, indices_B, axis=0), data)
+        return step(state, batch, {**hp, **shared})
+      return over_runs(one, state_R, indices_RxB, hparams_R)
+  else:
+    def runs_step(state_R, batch, hparams_R, shared):
+      return over_runs(lambda s, hp: step(s, batch, {**hp, **shared}), state_R, hparams_R)
+  return runs_step
+
+
+def resolve_runs_per_chunk(runs_per_chunk: int | str | None, axis: str | None) -> int | None:
+  """'auto': every run in one vmap on GPU/TPU or when the run axis is sharded; on XLA:CPU one
+  run at a time inside the program, because there the batched matmuls of a vmapped
+  transformer step ran slower than R unbatched ones (benchmarks/sweep_speed.py)."""
+  if runs_per_chunk != 'auto':
+    return runs_per_chunk
+  return 1 if jax.default_backend() == 'cpu' and axis is None else None
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _stack(single: dict, seeds_R: jax.Array, n_runs: int) -> dict:
+  state_R = jax.tree.map(lambda x: jnp.broadcast_to(x, (n_runs,) + x.shape),
+                         {k: v for k, v in single.items() if k != 'rng'})
+  state_R['rng'] = jax.vmap(jax.random.key)(seeds_R)
+  return state_R
+
+
+def init_runs_state(params: Any, optimizer, seeds: Sequence[int], mesh) -> tuple[dict, Any, Any]:
+  """(state_R, its shardings, one run's state as a template): every run starts from `params`
+  with a fresh optimizer state and the RNG key `jax.random.key(seed)` (seeds in [0, 2**32))."""
+  single = init_state(params, optimizer, jax.random.key(0))
+  axis = run_axis(mesh, len(seeds))
+  shardings = jax.tree.map(lambda x: _stacked_sharding(x, mesh, axis), single)
+  state_R = jax.device_put(_stack(single, jnp.asarray(seeds, jnp.uint32), len(seeds)), shardings)
+  return state_R, shardings, single
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+                            if jnp.issubdtype(x.dtype, jnp.inexact)]))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+  """Drops records past `last_step` (written after the checkpoint we resume from)."""
+  if not path.exists():
+    return
+  keep = [line for line in path.read_text().splitlines()
+          if line.strip() and json.loads(line).get('step', 0) <= last_step]
+  path.write_text(''.join(line + '\n' for line in keep))
+
+
+def _append(path: Path, step: int, row: dict) -> None:
+  with path.open('a') as f:
+    f.write(json.dumps({'step': step, **row}) + '\n')
+
+
+def _common_step(ckpts: list[Checkpointer]) -> int:
+  """The newest step every run has saved (0 if some run has none): runs of one program save
+  together, so they only differ if it was killed between two runs' saves."""
+  common = None
+  for c in ckpts:
+    steps = set(c.all_steps())
+    common = steps if common is None else common & steps
+  return max(common) if common else 0
+
+
+def mark_failed(run_dir: Path, step: int, reason: str) -> None:
+  (Path(run_dir) / FAILED).write_text(json.dumps({'step': step, 'reason': reason}))
+
+
+def failure(run_dir: str | Path) -> dict | None:
+  """The failure record of a run dir, or None."""
+  path = Path(run_dir) / FAILED
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def _host(metrics: dict) -> dict[str, np.ndarray]:
+  return {k: np.atleast_1d(np.asarray(v, np.float64)) for k, v in jax.device_get(metrics).items()}
+
+
+def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_steps: int,
+         run_dirs: Sequence[str | Path], configs: Sequence[Any],
+         take: Callable[[Any, int], Any] | None = None,
+         stack: Callable[[list], Any] | None = None,
+         save_every: int = 0, eval_fn: Callable[[Any, int], list[dict]] | None = None,
+         eval_every: int = 0, log_every: int = 1, desc: str = 'train', progress: bool = True,
+         stop_after: int | None = None) -> tuple[Any, list[dict | None]]:
+  """Runs `step_fn(state, *feed_at(step)) -> (state, metrics)` from the newest checkpoint all
+  runs have saved (or from `state`) to `n_steps`; returns (state, failures), one failure
+  record (or None) per run.
+
+  One run: `take`/`stack` None, metrics scalars, `eval_fn(state, step) -> [row]`. R runs: the
+  state is stacked (`take(state, r)` gives run r's, `stack(states)` the inverse), metrics
+  have a leading run axis and `eval_fn` returns R rows. Every run logs into its own run dir:
+  `metrics.jsonl`, `eval.jsonl`, `checkpoints/`. `stop_after` ends early after that many
+  steps (to simulate an interruption)."""
+  run_dirs = [Path(d) for d in run_dirs]
+  n_runs = len(run_dirs)
+  take = take or (lambda s, r: s)
+  stack = stack or (lambda states: states[0])
+  for d in run_dirs:
+    d.mkdir(parents=True, exist_ok=True)
+  ckpts = [Checkpointer(d / 'checkpoints', to_dict(c), max_to_keep=2)
+           for d, c in zip(run_dirs, configs)]
+  try:
+    start = _common_step(ckpts)
+    if start:
+      slices = []
+      for c in ckpts:
+        for extra in [s for s in c.all_steps() if s > start]:
+          c.manager.delete(extra)  # ahead of the others: replayed, so saved again
+        slices.append(c.restore(take(state, 0), start))
+      state = stack(slices)
+    metrics_paths = [d / 'metrics.jsonl' for d in run_dirs]
+    eval_paths = [d / 'eval.jsonl' for d in run_dirs]
+    for path in metrics_paths + eval_paths:
+      truncate_jsonl(path, start)
+    failed: list[dict | None] = [None] * n_runs
+    for d in run_dirs:
+      (d / FAILED).unlink(missing_ok=True)  # a rerun starts from the last finite checkpoint
+
+    def fail(r: int, step: int, reason: str) -> None:
+      if failed[r] is None:
+        failed[r] = {'step': step, 'reason': reason}
+        mark_failed(run_dirs[r], step, reason)
+        tqdm.write(f'{desc}: run {run_dirs[r].name} failed at step {step}: {reason}')
+
+    def evaluate(step):
+      rows = eval_fn(state, step)
+      if len(rows) != n_runs:
+        raise ValueError(f'eval_fn returned {len(rows)} rows for {n_runs} runs')
+      for r, (path, row) in enumerate(zip(eval_paths, rows)):
+        if failed[r] is not None:
+          continue
+        bad = [k for k in EVAL_FINITE_KEYS if k in row and not math.isfinite(row[k])]
+        if bad:
+          fail(r, step, f'non-finite evaluation ({", ".join(f"{k}={row[k]}" for k in bad)})')
+        else:
+          _append(path, step, row)
+
+    def save(step):
+      for r, c in enumerate(ckpts):
+        if failed[r] is None:
+          run = take(state, r)
+          if bool(_all_finite(run)):
+            c.save(step, run, force=True)
+          else:
+            fail(r, step, 'non-finite parameters')
+
+    if eval_fn is not None and eval_every and start == 0:
+      for path in eval_paths:
+        path.unlink(missing_ok=True)
+      evaluate(0)
+    end = n_steps if stop_after is None else min(n_steps, start + stop_after)
+    finite_R = None
+    bar = tqdm(total=n_steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True)
+    for step in range(start, end):
+      state, metrics = step_fn(state, *feed_at(step))
+      done = step + 1
+      ok = metrics.pop('finite', None)
+      if ok is not None:  # accumulated on the device: no host sync per step
+        finite_R = ok if finite_R is None else finite_R & ok
+      checkpoint = save_every and done % save_every == 0 and done != end
+      evaluation = eval_fn is not None and eval_every and (done % eval_every == 0 or done == n_steps)
+      if done % log_every == 0 or done == end or checkpoint or evaluation:
+        host = _host(metrics)
+        oks = np.atleast_1d(np.asarray(finite_R)) if finite_R is not None else None
+        for r, path in enumerate(metrics_paths):
+          if failed[r] is not None:
+            continue
+          row = {k: float(v[r]) for k, v in host.items()}
+          _append(path, done, row)
+          if (oks is not None and not oks[r]) or not math.isfinite(row['loss']):
+            fail(r, done, f'non-finite loss or gradient (loss {row["loss"]})')
+        bar.set_postfix(loss=f'{np.nanmean(host["loss"]):.4f}')
+      bar.update(1)
+      if all(f is not None for f in failed):
+        break
+      if checkpoint:
+        save(done)
+      if evaluation:
+        evaluate(done)
+    bar.close()
+    if end > start and not all(f is not None for f in failed):
+      save(end)
+    return state, failed
+  finally:
+    for c in ckpts:
+      c.close()
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def fit_runs(loss_fn: Callable, params: Any, data: RunBatches | Callable[[int], dict],
+             hparams: dict[str, Any], *, optimizer: OptimizerConfig, n_steps: int,
+             run_dirs: Sequence[str | Path], configs: Sequence[Any],
+             seeds: Sequence[int] | None = None, ref_params: Any = None, mesh=None,
+             grad_accum: int = 1, save_every: int = 0,
+             eval_fn: Callable[[dict, int], list[dict]] | None = None, eval_every: int = 0,
+             log_every: int = 1, desc: str = 'train', progress: bool = True,
+             stop_after: int | None = None,
+             runs_per_chunk: int | str | None = 'auto') -> tuple[dict, list[dict | None]]:
+  """Trains R runs as one program; returns (state_R, failures). See the module docstring."""
+  mesh = mesh if mesh is not None else sharding.make_mesh()
+  n_runs = len(run_dirs)
+  if len(configs) != n_runs:
+    raise ValueError(f'{len(configs)} configs for {n_runs} run dirs')
+  gather = isinstance(data, RunBatches)
+  if seeds is None:
+    seeds = data.seeds if gather else [0] * n_runs
+  if len(seeds) != n_runs or (gather and data.n_runs != n_runs):
+    raise ValueError(f'{n_runs} run dirs, {len(seeds)} seeds'
+                     + (f', {data.n_runs} data orders' if gather else ''))
+  hp = {'learning_rate': jnp.full((n_runs,), optimizer.learning_rate, jnp.float32)}
+  for k, v in hparams.items():
+    v = jnp.asarray(v, jnp.float32)
+    if v.shape != (n_runs,):
+      raise ValueError(f'hparams[{k!r}] has shape {v.shape}; expected ({n_runs},), one per run')
+    hp[k] = v
+  tx = make_optimizer(optimizer)
+  state_R, state_sh, _ = init_runs_state(params, tx, seeds, mesh)
+  axis = run_axis(mesh, n_runs)
+  runs_sh = NamedSharding(mesh, P(axis))
+  hp = jax.device_put(hp, runs_sh)
+  shared = {} if ref_params is None else {'ref_params': ref_params}
+  step = _runs_step(loss_fn, optimizer, tx, grad_accum, gather,
+                    resolve_runs_per_chunk(runs_per_chunk, axis), state_sh, runs_sh, mesh, axis,
+                    shared)
+  if gather:
+    arrays = jax.device_put({k: np.asarray(v) for k, v in data.arrays.items()},
+                            sharding.replicated(mesh))
+    indices_sh = NamedSharding(mesh, P(axis, _batch_axes(axis)))
+
+    def feed_at(i):
+      return arrays, jax.device_put(data.indices(i), indices_sh), hp, shared
+  else:
+    batch_sh = NamedSharding(mesh, P(_batch_axes(axis)))
+
+    def feed_at(i):
+      return jax.device_put({k: np.asarray(v) for k, v in data(i).items()}, batch_sh), hp, shared
+
+  def stack(slices):
+    return jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *slices), state_sh)
+
+  with sharding.use_mesh(mesh):
+    return loop(step, state_R, feed_at, n_steps=n_steps, run_dirs=run_dirs, configs=configs,
+                take=run_state, stack=stack, save_every=save_every, eval_fn=eval_fn, eval_every=eval_every,
+                log_every=log_every, desc=desc, progress=progress, stop_after=stop_after)
+
+
+_STEPS: collections.OrderedDict = collections.OrderedDict()  # a few recent jitted steps
+_MAX_STEPS = 8
+
+
+def _runs_step(loss_fn, optimizer, tx, grad_accum, gather, runs_per_chunk, state_sh, runs_sh,
+               mesh, axis, shared):
+  """The jitted program for this (loss, optimizer, layout), reused across calls in one
+  process: runs of a sweep done one after another compile once, not R times. The learning
+  rate is a traced hparam, not part of the program."""
+  key = (loss_fn, dataclasses.replace(optimizer, learning_rate=0.0), grad_accum, gather,
+         runs_per_chunk, mesh, axis, jax.tree.structure(state_sh), tuple(jax.tree.leaves(state_sh)),
+         tuple(sorted(shared)))
+  if key not in _STEPS:
+    step = make_runs_step(make_train_step(loss_fn, tx, grad_accum=grad_accum), gather=gather,
+                          runs_per_chunk=runs_per_chunk)
+    if gather:
+      in_sh = (state_sh, sharding.replicated(mesh), NamedSharding(mesh, P(axis, _batch_axes(axis))),
+               runs_sh, None)
+    else:
+      in_sh = (state_sh, NamedSharding(mesh, P(_batch_axes(axis))), runs_sh, None)
+    _STEPS[key] = jax.jit(step, in_shardings=in_sh, out_shardings=(state_sh, runs_sh),
+                          donate_argnums=(0,))
+    if len(_STEPS) > _MAX_STEPS:
+      _STEPS.popitem(last=False)
+  _STEPS.move_to_end(key)
+  return _STEPS[key]
+
+
+def fit(loss_fn: Callable, params: Any, batch_at: Callable[[int], dict], *,
+        optimizer: OptimizerConfig, n_steps: int, run_dir: str | Path, config: Any, mesh=None,
+        hparams: dict | None = None, ref_params: Any = None, grad_accum: int = 1, seed: int = 0,
+        save_every: int = 0, eval_fn: Callable | None = None, eval_every: int = 0,
+        log_every: int = 1, desc: str = 'train', progress: bool = True,
+        stop_after: int | None = None) -> dict:
+  """One run of `fit_runs`: trains `params` for `n_steps` (resuming from `run_dir`), returns
+  its final state (no run axis); `eval_fn(state, step) -> dict`. An `ArrayBatches` is read
+  inside the program like a `RunBatches`; any other `batch_at` is fed batch by batch."""
+  if isinstance(batch_at, ArrayBatches):
+    data: Any = RunBatches(batch_at.arrays, batch_at.batch_size, [batch_at.seed],
+                           shuffle=batch_at.shuffle)
+  else:
+    data = batch_at
+  run_eval = None
+  if eval_fn is not None:
+    def run_eval(state_R, step):
+      return [eval_fn(run_state(state_R, 0), step)]
+  state_R, failed = fit_runs(
+      loss_fn, params, data, {k: [v] for k, v in (hparams or {}).items()}, optimizer=optimizer,
+      n_steps=n_steps, run_dirs=[run_dir], configs=[config], seeds=[seed], ref_params=ref_params,
+      mesh=mesh, grad_accum=grad_accum, save_every=save_every, eval_fn=run_eval,
+      eval_every=eval_every, log_every=log_every, desc=desc, progress=progress,
+      stop_after=stop_after)
+  if failed[0] is not None:
+    raise TrainingDiverged(
+        f'{desc}: {failed[0]["reason"]} at step {failed[0]["step"]}; the last finite checkpoint '
+        f'is kept in {Path(run_dir) / "checkpoints"}')
+  return run_state(state_R, 0)
