@@ -30,13 +30,26 @@ class ModelConfig:
   d_model: int = 256
   n_layers: int = 4
   n_heads: int = 4
+  # Key/value heads (grouped-query attention, Ainslie et al. 2023, arXiv 2305.13245): each
+  # group of n_heads / n_kv_heads query heads shares one key/value head. 0 means n_heads
+  # (multi-head attention, the fused q/k/v layout of every alignlab model before GQA).
+  n_kv_heads: int = 0
   d_ff: int = 0  # 0 means 4 * d_model
   norm: str = 'layernorm'  # 'layernorm' | 'rmsnorm'
   mlp: str = 'gelu'  # 'gelu' | 'swiglu'
   positions: str = 'learned'  # 'learned' | 'rope'
   rope_theta: float = 10_000.0
+  # RoPE frequency scaling for long contexts: 'none', 'linear' (positions divided by the
+  # factor; Chen et al. 2023, arXiv 2306.15595) or 'llama3' (Llama 3.1's per-band scaling
+  # with the low/high frequency factors and the original context length).
+  rope_scaling: str = 'none'
+  rope_scaling_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_len: int = 8192
   tie_embeddings: bool = True
   use_bias: bool = True  # GPT-2 has biases; Llama-style layouts usually drop them
+  qkv_bias: bool | None = None  # q/k/v projection biases; None follows use_bias (Qwen2: True)
   norm_eps: float = 1e-5
   dtype: str = 'float32'  # activation dtype; fp32 is fastest on XLA:CPU, bf16 for GPU/TPU
   param_dtype: str = 'float32'
@@ -53,9 +66,30 @@ class ModelConfig:
   def head_dim(self) -> int:
     return self.d_model // self.n_heads
 
+  @property
+  def kv_heads(self) -> int:
+    return self.n_kv_heads or self.n_heads
+
+  @property
+  def has_qkv_bias(self) -> bool:
+    return self.use_bias if self.qkv_bias is None else self.qkv_bias
+
   def validate(self) -> None:
     if self.d_model % self.n_heads:
       raise ConfigError(f'model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}')
+    if self.n_kv_heads < 0 or self.n_heads % self.kv_heads:
+      raise ConfigError(f'model.n_heads={self.n_heads} is not divisible by '
+                        f'model.n_kv_heads={self.n_kv_heads}')
+    if self.max_seq_len < 1:
+      raise ConfigError(f'model.max_seq_len={self.max_seq_len} must be ≥ 1')
+    if self.rope_scaling not in ('none', 'linear', 'llama3'):
+      raise ConfigError(f"model.rope_scaling={self.rope_scaling!r}; expected one of "
+                        f"('none', 'linear', 'llama3')")
+    if self.rope_scaling != 'none' and self.rope_scaling_factor <= 0:
+      raise ConfigError(f'model.rope_scaling_factor={self.rope_scaling_factor} must be > 0')
+    if self.rope_scaling == 'llama3' and self.rope_high_freq_factor <= self.rope_low_freq_factor:
+      raise ConfigError(f'model.rope_high_freq_factor={self.rope_high_freq_factor} must exceed '
+                        f'model.rope_low_freq_factor={self.rope_low_freq_factor}')
     for key, value, allowed in (('norm', self.norm, ('layernorm', 'rmsnorm')),
                                 ('mlp', self.mlp, ('gelu', 'swiglu')),
                                 ('positions', self.positions, ('learned', 'rope'))):

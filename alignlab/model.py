@@ -6,6 +6,7 @@ Dimension legend (shape suffixes used across alignlab):
   P prompt length    R response length             N samples per prompt
   V vocabulary       D d_model                     F MLP width
   H attention heads  K head dim                    L layers
+  G key/value heads  Q query heads per key/value head (H = G·Q; grouped-query attention)
 
 Every parameter declares its partition spec over the mesh axes ('data', 'fsdp', 'tensor')
 where it is created (`_param`); `sharding.init_params` reads them back. Weight matrices are
@@ -36,7 +37,7 @@ from flax import nnx
 from alignlab.config import ModelConfig
 from alignlab.sharding import constrain
 
-KVCache = list[dict[str, jax.Array]]  # per layer: {'k': BxHxSxK, 'v': BxHxSxK}
+KVCache = list[dict[str, jax.Array]]  # per layer: {'k': BxGxSxK, 'v': BxGxSxK}
 
 _NEG_INF = -1e30  # finite, so that a fully masked row (a pad query) gives no NaN
 
@@ -108,10 +109,35 @@ class Norm(nnx.Module):
     return x.astype(x_BxTxD.dtype)
 
 
-def rope(x_BxTxHxK: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding (Su et al. 2021, arXiv 2104.09864), rotate-half form."""
+def rope_frequencies(cfg: ModelConfig) -> jax.Array:
+  """The K/2 rotary angular frequencies θ^(−2i/K), rescaled as `cfg.rope_scaling` says.
+
+  'linear' divides every frequency by the factor (position interpolation, Chen et al. 2023,
+  arXiv 2306.15595). 'llama3' is Llama 3.1's band-wise rule (Meta's reference code,
+  `apply_scaling` in llama-models): wavelengths shorter than original_len / high_freq_factor
+  keep their frequency, those longer than original_len / low_freq_factor are divided by the
+  factor, and the band between interpolates linearly in original_len / wavelength."""
+  k = cfg.head_dim
+  freqs_K2 = cfg.rope_theta ** (-jnp.arange(0, k, 2, dtype=jnp.float32) / k)
+  factor = cfg.rope_scaling_factor
+  if cfg.rope_scaling == 'linear':
+    return freqs_K2 / factor
+  if cfg.rope_scaling == 'llama3':
+    low, high = cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    ratio_K2 = cfg.rope_original_max_len * freqs_K2 / (2 * math.pi)  # original_len / wavelength
+    smooth_K2 = jnp.clip((ratio_K2 - low) / (high - low), 0.0, 1.0)
+    return (1 - smooth_K2) * freqs_K2 / factor + smooth_K2 * freqs_K2
+  return freqs_K2
+
+
+def rope(x_BxTxHxK: jax.Array, positions_BxT: jax.Array, theta: float,
+         freqs_K2: jax.Array | None = None) -> jax.Array:
+  """Rotary position embedding (Su et al. 2021, arXiv 2104.09864), rotate-half form (the
+  layout of Hugging Face's Llama-family checkpoints). `freqs_K2` (from `rope_frequencies`)
+  overrides the unscaled frequencies of `theta`."""
   k = x_BxTxHxK.shape[-1]
-  freqs_K2 = theta ** (-jnp.arange(0, k, 2, dtype=jnp.float32) / k)
+  if freqs_K2 is None:
+    freqs_K2 = theta ** (-jnp.arange(0, k, 2, dtype=jnp.float32) / k)
   angles_BxTxK2 = positions_BxT[..., None].astype(jnp.float32) * freqs_K2
   sin, cos = jnp.sin(angles_BxTxK2)[:, :, None], jnp.cos(angles_BxTxK2)[:, :, None]
   x1, x2 = jnp.split(x_BxTxHxK.astype(jnp.float32), 2, axis=-1)
@@ -122,47 +148,79 @@ def rope(x_BxTxHxK: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Ar
 class Attention(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    d, h, k = cfg.d_model, cfg.n_heads, cfg.head_dim
+    d, h, k, g = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.kv_heads
     self.cfg = cfg
-    # Fused q/k/v projection; heads split over 'tensor' so each shard owns whole heads.
-    self.w_qkv = _param(rngs, (d, 3, h, k), ('fsdp', None, 'tensor', None), std=cfg.init_std,
+    # Heads split over 'tensor' so each shard owns whole heads. With as many key/value heads
+    # as query heads, one fused q/k/v projection (the layout of every earlier alignlab
+    # checkpoint); with grouped-query attention, a query and a fused key/value projection.
+    if g == h:
+      self.w_qkv = _param(rngs, (d, 3, h, k), ('fsdp', None, 'tensor', None), std=cfg.init_std,
+                          dtype=cfg.param_dtype)
+    else:
+      self.w_q = _param(rngs, (d, h, k), ('fsdp', 'tensor', None), std=cfg.init_std,
                         dtype=cfg.param_dtype)
+      self.w_kv = _param(rngs, (d, 2, g, k), ('fsdp', None, 'tensor', None), std=cfg.init_std,
+                         dtype=cfg.param_dtype)
     # GPT-2 scales the residual projections by 1/sqrt(2L) at init.
     self.w_out = _param(rngs, (h, k, d), ('tensor', None, 'fsdp'),
                         std=cfg.init_std / math.sqrt(2 * cfg.n_layers), dtype=cfg.param_dtype)
+    if cfg.has_qkv_bias:
+      if g == h:
+        self.b_qkv = _param(rngs, (3, h, k), (None, 'tensor', None), std=None,
+                            dtype=cfg.param_dtype)
+      else:
+        self.b_q = _param(rngs, (h, k), ('tensor', None), std=None, dtype=cfg.param_dtype)
+        self.b_kv = _param(rngs, (2, g, k), (None, 'tensor', None), std=None,
+                           dtype=cfg.param_dtype)
     if cfg.use_bias:
-      self.b_qkv = _param(rngs, (3, h, k), (None, 'tensor', None), std=None, dtype=cfg.param_dtype)
       self.b_out = _param(rngs, (d,), (None,), std=None, dtype=cfg.param_dtype)
+
+  def project(self, x_BxTxD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK) before RoPE, in the compute dtype of `x_BxTxD`."""
+    cfg, dtype = self.cfg, x_BxTxD.dtype
+    if cfg.kv_heads == cfg.n_heads:
+      qkv_BxTx3xHxK = jnp.einsum('btd,dchk->btchk', x_BxTxD, _cast(self.w_qkv, dtype))
+      if cfg.has_qkv_bias:
+        qkv_BxTx3xHxK = qkv_BxTx3xHxK + _cast(self.b_qkv, dtype)
+      return tuple(qkv_BxTx3xHxK[:, :, i] for i in range(3))
+    q_BxTxHxK = jnp.einsum('btd,dhk->bthk', x_BxTxD, _cast(self.w_q, dtype))
+    kv_BxTx2xGxK = jnp.einsum('btd,dcgk->btcgk', x_BxTxD, _cast(self.w_kv, dtype))
+    if cfg.has_qkv_bias:
+      q_BxTxHxK = q_BxTxHxK + _cast(self.b_q, dtype)
+      kv_BxTx2xGxK = kv_BxTx2xGxK + _cast(self.b_kv, dtype)
+    return q_BxTxHxK, kv_BxTx2xGxK[:, :, 0], kv_BxTx2xGxK[:, :, 1]
 
   def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache: dict | None, cache_index):
     cfg = self.cfg
     dtype = x_BxTxD.dtype
-    qkv_BxTx3xHxK = jnp.einsum('btd,dchk->btchk', x_BxTxD, _cast(self.w_qkv, dtype))
-    if cfg.use_bias:
-      qkv_BxTx3xHxK = qkv_BxTx3xHxK + _cast(self.b_qkv, dtype)
-    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
+    q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = self.project(x_BxTxD)
     if cfg.positions == 'rope':
-      q_BxTxHxK = rope(q_BxTxHxK, positions_BxT, cfg.rope_theta)
-      k_BxTxHxK = rope(k_BxTxHxK, positions_BxT, cfg.rope_theta)
+      freqs_K2 = rope_frequencies(cfg)
+      q_BxTxHxK = rope(q_BxTxHxK, positions_BxT, cfg.rope_theta, freqs_K2)
+      k_BxTxGxK = rope(k_BxTxGxK, positions_BxT, cfg.rope_theta, freqs_K2)
+    b, t, h, kd = q_BxTxHxK.shape
+    g = cfg.kv_heads
     if cache is not None:
-      # The cache is stored head-major (BxHxSxK), the layout the attention dots read: only the
+      # The cache is stored head-major (BxGxSxK), the layout the attention dots read: only the
       # T new rows are transposed, never the whole cache (a per-step copy of every layer's
       # cache otherwise; benchmarks/findings.md).
-      k_BxHxSxK = jax.lax.dynamic_update_slice_in_dim(
-          cache['k'], k_BxTxHxK.transpose(0, 2, 1, 3), cache_index, axis=2)
-      v_BxHxSxK = jax.lax.dynamic_update_slice_in_dim(
-          cache['v'], v_BxTxHxK.transpose(0, 2, 1, 3), cache_index, axis=2)
-      cache = {'k': k_BxHxSxK, 'v': v_BxHxSxK}
-      scores_BxHxTxS = jnp.einsum('bthk,bhsk->bhts', q_BxTxHxK, k_BxHxSxK)
+      k_BxGxSxK = jax.lax.dynamic_update_slice_in_dim(
+          cache['k'], k_BxTxGxK.transpose(0, 2, 1, 3), cache_index, axis=2)
+      v_BxGxSxK = jax.lax.dynamic_update_slice_in_dim(
+          cache['v'], v_BxTxGxK.transpose(0, 2, 1, 3), cache_index, axis=2)
+      cache = {'k': k_BxGxSxK, 'v': v_BxGxSxK}
+      keys, values, kv_layout = k_BxGxSxK, v_BxGxSxK, 'bgsk'
     else:
-      scores_BxHxTxS = jnp.einsum('bthk,bshk->bhts', q_BxTxHxK, k_BxTxHxK)
-    scores_BxHxTxS = scores_BxHxTxS.astype(jnp.float32) / math.sqrt(cfg.head_dim)
-    scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS, _NEG_INF)
-    probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(dtype)
-    if cache is not None:
-      out_BxTxHxK = jnp.einsum('bhts,bhsk->bthk', probs_BxHxTxS, cache['v'])
-    else:
-      out_BxTxHxK = jnp.einsum('bhts,bshk->bthk', probs_BxHxTxS, v_BxTxHxK)
+      keys, values, kv_layout = k_BxTxGxK, v_BxTxGxK, 'bsgk'
+    # Query head g·Q + q reads key/value head g (the grouping of Ainslie et al. 2023 and of
+    # Hugging Face's `repeat_kv`); with G = H this is multi-head attention, Q = 1.
+    q_BxTxGxQxK = q_BxTxHxK.reshape(b, t, g, h // g, kd)
+    scores_BxGxQxTxS = jnp.einsum(f'btgqk,{kv_layout}->bgqts', q_BxTxGxQxK, keys)
+    scores_BxGxQxTxS = scores_BxGxQxTxS.astype(jnp.float32) / math.sqrt(cfg.head_dim)
+    scores_BxGxQxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxGxQxTxS, _NEG_INF)
+    probs_BxGxQxTxS = jax.nn.softmax(scores_BxGxQxTxS, axis=-1).astype(dtype)
+    out_BxTxGxQxK = jnp.einsum(f'bgqts,{kv_layout}->btgqk', probs_BxGxQxTxS, values)
+    out_BxTxHxK = out_BxTxGxQxK.reshape(b, t, h, kd)
     out_BxTxD = jnp.einsum('bthk,hkd->btd', out_BxTxHxK, _cast(self.w_out, dtype))
     if cfg.use_bias:
       out_BxTxD = out_BxTxD + _cast(self.b_out, dtype)
@@ -256,6 +314,6 @@ class Transformer(nnx.Module):
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> KVCache:
   """An empty fixed-size KV cache of `length` slots."""
-  shape = (batch, cfg.n_heads, length, cfg.head_dim)
+  shape = (batch, cfg.kv_heads, length, cfg.head_dim)
   dtype = jnp.dtype(cfg.dtype)
   return [{'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)} for _ in range(cfg.n_layers)]
