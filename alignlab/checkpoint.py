@@ -2,17 +2,39 @@
 
 A training state is any pytree (params, optimizer state, step, RNG key, ...). Each saved
 step holds the state and the config as JSON. Orbax writes a step to a temporary directory
-and renames it when complete, so `latest_step` only ever sees complete steps: a run killed
-mid-save resumes from the previous one. Restoring checks the saved shapes against the
-expected ones first, so another width is a `ConfigError` naming the parameter and the
-differing config keys, not a shape crash deep inside orbax.
+and renames it when complete; `all_steps` / `latest_step` list only steps that are complete
+on disk (not the one an async save is still writing, which orbax itself already counts), so
+a run killed mid-save resumes from the previous one. Restoring checks the saved shapes
+against the expected ones first, so another width is a `ConfigError` naming the parameter
+and the differing config keys, not a shape crash deep inside orbax.
+
+Interrupts: use the Checkpointer as a context manager, so it is closed on every path.
+
+    with Checkpointer(run / 'checkpoints', config) as ckpt:
+      ...                                     # save / restore
+    # success: waits for the last save.  exception or Ctrl-C: waits at most ABORT_WAIT_S
+    # for an in-flight save, then abandons it: the next run resumes from the step before,
+    # and orbax overwrites the abandoned temp dir when it saves that step again.
+
+A Ctrl-C that arrives inside `save` is held until orbax has handed the save to its
+background thread (a second Ctrl-C interrupts at once): orbax's synchronous part is not
+interrupt-safe, and an interrupt there leaves threads that print tracebacks at exit. A
+Checkpointer that nobody closed (code without `with` that raised) is aborted the same way
+when the interpreter exits, before the thread pools its background save needs shut down.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import signal
+import sys
+import threading
+import time
+import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import orbax.checkpoint as ocp
@@ -69,6 +91,74 @@ def abstract_like(tree):
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None)), tree)
 
 
+# How long an interrupted run waits for an in-flight save before abandoning it: long enough
+# for a typical save to land (then the rerun resumes from it), short enough that Ctrl-C
+# feels immediate.
+ABORT_WAIT_S = 5.0
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+  """Holds a first Ctrl-C that arrives in the block and raises it as KeyboardInterrupt when
+  the block ends; a second one raises at once. Only where Python's own handler is installed
+  (the main thread, no handler of the caller's), else the block runs unchanged."""
+  if (threading.current_thread() is not threading.main_thread()
+      or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    yield
+    return
+  held = []
+
+  def hold(signum, frame):
+    if held:
+      raise KeyboardInterrupt
+    held.append(signum)
+
+  previous = signal.signal(signal.SIGINT, hold)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  if held:
+    raise KeyboardInterrupt
+
+
+def _committed(step_dir: Path) -> bool:
+  """Whether orbax finished the step: it writes `commit_success.txt` last (just before its
+  rename, or in place on file systems without atomic rename). Versions without that file
+  stamp `commit_timestamp_nsecs` in the step metadata at the same point."""
+  if (step_dir / 'commit_success.txt').is_file():
+    return True
+  try:
+    metadata = json.loads((step_dir / '_CHECKPOINT_METADATA').read_text())
+  except (OSError, ValueError):
+    return False
+  return isinstance(metadata, dict) and metadata.get('commit_timestamp_nsecs') is not None
+
+
+def _step_complete(step_dir: Path) -> bool:
+  """Whether a step directory holds everything a restore reads; one without is still being
+  written or was cut short."""
+  return (step_dir / 'state').is_dir() and (step_dir / 'config').is_dir() and _committed(step_dir)
+
+
+_unclosed: 'weakref.WeakSet[Checkpointer]' = weakref.WeakSet()
+
+
+def _abort_unclosed() -> None:
+  """Finishes or abandons, within one ABORT_WAIT_S in all, the saves of Checkpointers still
+  open at exit: otherwise the interpreter shuts down the executors an in-flight orbax save
+  runs on, and it dies with a screen of tracebacks."""
+  deadline = time.monotonic() + ABORT_WAIT_S
+  for ckpt in list(_unclosed):
+    ckpt.abort(timeout=max(0.0, deadline - time.monotonic()))
+
+
+# A CPython hook (concurrent.futures uses it for the same reason): runs before non-daemon
+# threads are joined and, registered after orbax imported concurrent.futures, before that
+# module shuts its executors down.
+threading._register_atexit(_abort_unclosed)  # noqa: SLF001
+
+
 class Checkpointer:
   """Saves every `save_every` steps (and on `force=True`), keeps the newest `max_to_keep`."""
 
@@ -76,23 +166,37 @@ class Checkpointer:
                save_every: int = 1):
     self.directory = Path(directory).absolute()
     self.config = to_dict(config)
+    self._closed = False
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                              save_interval_steps=save_every),
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'config': ocp.JsonCheckpointHandler()})
+    _unclosed.add(self)
+
+  def __enter__(self) -> 'Checkpointer':
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    if exc_type is None:
+      self.close()
+    else:
+      self.abort()
 
   def latest_step(self) -> int | None:
-    return self.manager.latest_step()
+    steps = self.all_steps()
+    return steps[-1] if steps else None
 
   def all_steps(self) -> list[int]:
-    return list(self.manager.all_steps())
+    """The steps complete on disk, oldest first."""
+    return sorted(s for s in self.manager.all_steps() if _step_complete(self.directory / str(s)))
 
   def save(self, step: int, state: Any, *, force: bool = False) -> bool:
-    saved = self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_keys_to_data(state)),
-        config=ocp.args.JsonSave(self.config)), force=force)
+    with _sigint_held():
+      saved = self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(_keys_to_data(state)),
+          config=ocp.args.JsonSave(self.config)), force=force)
     return bool(saved)
 
   def wait(self) -> None:
@@ -131,6 +235,9 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.directory}')
+    if not _step_complete(self.directory / str(step)):
+      raise FileNotFoundError(f'checkpoint {self.directory / str(step)} is absent or incomplete '
+                              f'(complete steps: {self.all_steps() or "none"})')
     abstract_state = abstract_like(abstract_state)
     self._check_shapes(step, abstract_state)
     target = _abstract_keys_to_data(abstract_state)
@@ -139,20 +246,56 @@ class Checkpointer:
     return _data_to_keys(restored['state'], abstract_state)
 
   def close(self) -> None:
+    """Waits for the last save to finish (its errors propagate) and closes; idempotent."""
+    if self._closed:
+      return
     self.manager.wait_until_finished()
     self.manager.close()
+    self._closed = True
+    _unclosed.discard(self)
+
+  def abort(self, timeout: float = ABORT_WAIT_S) -> bool:
+    """Closes on a failure path without hanging: waits at most `timeout` s for an in-flight
+    save, then abandons it with a one-line note on stderr. Errors of that save are not
+    raised (the failure that brought us here is the one to report). Returns whether the
+    save finished."""
+    if self._closed:
+      return True
+    self._closed = True
+    _unclosed.discard(self)
+    errors: list[BaseException] = []
+
+    def finish():
+      try:
+        self.manager.wait_until_finished()
+        self.manager.close()
+      except BaseException as e:  # noqa: BLE001 (reported below, never raised)
+        errors.append(e)
+
+    waiter = threading.Thread(target=finish, name='checkpoint-abort', daemon=True)
+    waiter.start()
+    waiter.join(timeout)
+    if waiter.is_alive() or errors:
+      # Orbax's threads fail noisily once the interpreter shuts down under them; the one
+      # line below says all that matters.
+      logging.getLogger('absl').setLevel(logging.CRITICAL + 1)
+      why = f'still writing after {timeout:g} s' if waiter.is_alive() else \
+          f'{type(errors[0]).__name__}: {errors[0]}'.splitlines()[0]
+      latest = self.latest_step()
+      resume = f'resumes from step {latest}' if latest is not None else 'starts from scratch'
+      print(f'alignlab: abandoned a checkpoint save in {self.directory} ({why}); a rerun '
+            f'{resume}', file=sys.stderr)
+      return False
+    return True
 
 
 def save_params(directory: str | Path, params: Any, config: Any) -> None:
   """Writes one finished set of parameters (a stage's output) as step 0 of `directory`."""
-  ckpt = Checkpointer(directory, config, max_to_keep=1)
-  ckpt.save(0, params, force=True)
-  ckpt.close()
+  with Checkpointer(directory, config, max_to_keep=1) as ckpt:
+    ckpt.save(0, params, force=True)
 
 
 def restore_params(directory: str | Path, template: Any, config: Any) -> Any:
   """Reads what `save_params` wrote onto the shapes and shardings of `template`."""
-  ckpt = Checkpointer(directory, config, max_to_keep=1)
-  params = ckpt.restore(template, 0)
-  ckpt.close()
-  return params
+  with Checkpointer(directory, config, max_to_keep=1) as ckpt:
+    return ckpt.restore(template, 0)

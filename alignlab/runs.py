@@ -15,6 +15,7 @@ API
 ---
     run = prepare_run(out_dir, method, hparams, seed, config, experiment=name) -> Path
     is_complete(run) ; mark_complete(run, **info)
+    with lock_dir(out_dir): ...            one process owns a run / out dir at a time
     collect_results(out_dir) -> DataFrame   (RESULT_COLUMNS first; NaN where a run lacks one)
     collect_win_rates(out_dir) -> DataFrame
     best_points(df, by='objective', mode='max') -> DataFrame ; format_table(df) -> str
@@ -26,14 +27,21 @@ J_β used for `objective` and `gap` (the method's own β where it has one).
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import math
+import os
+import socket
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 
+from alignlab.artifacts import write_text_atomic
 from alignlab.config import config_hash, to_dict
 
 RESULT_COLUMNS = ('method', 'hparam', 'hparam_value', 'seed', 'step', 'gold_reward',
@@ -44,7 +52,99 @@ TABLE_COLUMNS = ('method', 'hparam', 'hparam_value', 'n_seeds', 'step', 'gold_re
 
 
 class RunDirError(ValueError):
-  """A run directory that cannot be used (another config, no results)."""
+  """A run directory that cannot be used (another config, no results, owned by another
+  process)."""
+
+
+LOCK_FILE = '.lock'
+
+
+def _read_owner(fd: int) -> dict[str, Any]:
+  """The {pid, host} a lock file records; {} if it is empty or torn (its writer died or has
+  not written yet)."""
+  os.lseek(fd, 0, os.SEEK_SET)
+  try:
+    owner = json.loads(os.read(fd, 4096).decode() or 'null')
+  except ValueError:
+    return {}
+  return owner if isinstance(owner, dict) else {}
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # alive, owned by another user
+    return True
+  return True
+
+
+def _owner_text(owner: dict[str, Any]) -> str:
+  return f'pid {owner.get("pid", "?")} on host {owner.get("host", "?")}'
+
+
+def _take(path: Path) -> int:
+  """An fd holding the exclusive flock of `path/LOCK_FILE`, with our pid and host written in
+  it; RunDirError if a live process holds it."""
+  lock = path / LOCK_FILE
+  while True:
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      owner = _read_owner(fd)
+      os.close(fd)
+      if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+        raise
+      raise RunDirError(f'{path} is in use by {_owner_text(owner)} (lock {lock}); wait for it to '
+                        'finish or stop it, or choose another --out') from None
+    # The previous owner may have removed the file between our open and our flock; then we
+    # hold a lock on a file nobody else can see, so start again on the current one.
+    try:
+      same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+      same = False
+    if same:
+      break
+    os.close(fd)
+  previous = _read_owner(fd)
+  host = socket.gethostname()
+  if previous and previous.get('pid') != os.getpid():
+    if previous.get('host') != host:
+      # flock does not reach across hosts on every shared file system: a free lock says
+      # nothing about a process elsewhere, so only a person can tell it is stale.
+      os.close(fd)
+      raise RunDirError(f'{path} is locked by {_owner_text(previous)} (lock {lock}); if that '
+                        f'process is gone, delete {lock} and run again')
+    pid = previous.get('pid')
+    alive = isinstance(pid, int) and pid > 0 and _pid_alive(pid)
+    state = 'running but not holding it (a reused pid)' if alive else 'no longer running'
+    print(f'alignlab: taking over {path}: its lock was left by {_owner_text(previous)}, '
+          f'which is {state}', file=sys.stderr)
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, json.dumps({'pid': os.getpid(), 'host': host, 'since': time.time()}).encode(), 0)
+  os.fsync(fd)
+  return fd
+
+
+@contextlib.contextmanager
+def lock_dir(path: str | Path) -> Iterator[Path]:
+  """Owns the directory `path` (created if missing) for the block: a second process (the same
+  command started twice) gets a RunDirError naming the owner's pid and host instead of
+  interleaving its writes with ours. The lock is an flock on `path/.lock`, which also records
+  the owner; the kernel drops the flock when its process dies, so a lock file left by a dead
+  process on this host is taken over with a one-line note on stderr."""
+  path = Path(path)
+  path.mkdir(parents=True, exist_ok=True)
+  fd = _take(path)
+  try:
+    yield path
+  finally:
+    # Unlinked while still held: whoever opens the path next creates a fresh file.
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(path / LOCK_FILE)
+    os.close(fd)
 
 
 def _fmt(value: Any) -> str:
@@ -67,14 +167,24 @@ def prepare_run(out_dir: str | Path, method: str, hparams: dict[str, Any], seed:
   run = Path(out_dir) / run_name(method, hparams, seed)
   path = run / 'config.json'
   if path.exists():
-    saved = json.loads(path.read_text())
+    saved = _read_json(path)
     if saved.get('config_hash') != record['config_hash']:
       raise RunDirError(f'{run} was made by another config (hash {saved.get("config_hash")} ≠ '
                         f'{record["config_hash"]}); choose another --out or delete that run dir')
     return run
   run.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(record, indent=1, default=str))
+  write_text_atomic(path, json.dumps(record, indent=1, default=str))
   return run
+
+
+def _read_json(path: Path) -> Any:
+  """A JSON file of a run dir; a torn or empty one (a crash mid-write, a hand edit) is a
+  one-line RunDirError naming it rather than a JSONDecodeError traceback."""
+  try:
+    return json.loads(path.read_text())
+  except ValueError as e:
+    raise RunDirError(f'{path} is not valid JSON ({e}); delete the run dir {path.parent} '
+                      'and run again') from None
 
 
 def is_complete(run: str | Path) -> bool:
@@ -82,18 +192,30 @@ def is_complete(run: str | Path) -> bool:
 
 
 def mark_complete(run: str | Path, **info: Any) -> None:
-  (Path(run) / 'done.json').write_text(json.dumps({'finished': time.time(), **info}))
+  # Atomic: done.json existing is what "complete" means, so it must never exist torn.
+  write_text_atomic(Path(run) / 'done.json', json.dumps({'finished': time.time(), **info}))
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:
-  Path(path).write_text(''.join(json.dumps(row) + '\n' for row in rows))
+  write_text_atomic(path, ''.join(json.dumps(row) + '\n' for row in rows))
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+  """The rows of a JSONL file ([] if it is absent); a torn or non-JSON line is a one-line
+  RunDirError naming the file and line."""
   path = Path(path)
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  rows = []
+  for number, line in enumerate(path.read_text().splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      rows.append(json.loads(line))
+    except ValueError as e:
+      raise RunDirError(f'{path}:{number} is not a JSON line ({e}); delete that line (or the '
+                        f'run dir {path.parent}) and run again') from None
+  return rows
 
 
 def run_dirs(out_dir: str | Path) -> list[Path]:
@@ -101,7 +223,7 @@ def run_dirs(out_dir: str | Path) -> list[Path]:
 
 
 def _identity(run: Path) -> dict[str, Any]:
-  record = json.loads((run / 'config.json').read_text())
+  record = _read_json(run / 'config.json')
   hparams = record.get('hparams') or {}
   name, value = next(iter(hparams.items()), (None, math.nan))
   return {'method': record['method'], 'hparam': name.rstrip('_') if name else '',

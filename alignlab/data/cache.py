@@ -1,24 +1,28 @@
 """The on-disk cache of stage outputs (tokenizer, preference datasets, ...).
 
-Layout: `$ALIGNLAB_CACHE/<kind>/<config_hash>/`, default root `~/.cache/alignlab`. A cache
-entry is complete if and only if its directory exists: every entry is built in a hidden
-temp dir beside it and renamed into place in one step (`atomic_dir`), so a crash or an
-error never leaves a half-written entry that a later run would mistake for a finished one.
+Layout: `$ALIGNLAB_CACHE/<kind>/<config_hash>/`, default root `~/.cache/alignlab`. Every
+entry is built in a hidden temp dir beside it, given a manifest of its files' sizes and
+checksums, and renamed into place in one step (`atomic_dir`, from `alignlab.artifacts`), so a
+crash or an error never leaves a half-written entry; `artifacts.verify(entry)` tells whether
+an entry is still intact.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from alignlab.artifacts import atomic_dir
 from alignlab.config import config_hash
 
+# `atomic_dir` is re-exported: the stages build their entries with `cache.atomic_dir`, and
+# `artifacts` holds the one implementation.
+__all__ = ['ENV_VAR', 'WORK_PREFIX', 'atomic_dir', 'cache_dir', 'cache_root', 'copy_logs',
+           'work_dir']
+
 ENV_VAR = 'ALIGNLAB_CACHE'
-TMP_PREFIX = '.tmp-'
 
 
 def cache_root() -> Path:
@@ -30,32 +34,6 @@ def cache_root() -> Path:
 def cache_dir(kind: str, cfg_or_dict: Any) -> Path:
   """The directory of the cache entry of `kind` produced by `cfg_or_dict` (not created)."""
   return cache_root() / kind / config_hash(cfg_or_dict)
-
-
-@contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
-  """Yields an empty temp dir beside `target`; renames it to `target` if the block succeeds.
-
-  On any exception the temp dir is removed and the exception propagates, so `target` either
-  does not exist or is complete. If another writer finished `target` first, its entry is kept
-  and ours is discarded (entries under one key are built from the same inputs).
-  """
-  target = Path(target)
-  target.parent.mkdir(parents=True, exist_ok=True)
-  # A plain mkdir (not mkdtemp) so the entry gets the usual umask permissions.
-  tmp = target.parent / f'{TMP_PREFIX}{target.name}-{uuid.uuid4().hex[:8]}'
-  tmp.mkdir()
-  try:
-    yield tmp
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  try:
-    os.rename(tmp, target)
-  except OSError:
-    shutil.rmtree(tmp, ignore_errors=True)
-    if not target.is_dir():
-      raise
 
 
 WORK_PREFIX = '.work-'

@@ -1,0 +1,132 @@
+"""Run directories under faults: one process owns a run dir (a second one is refused, a dead
+owner's lock is taken over); torn files are one-line errors; done.json is never half-written."""
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from alignlab import runs
+from alignlab.runs import LOCK_FILE, RunDirError, lock_dir
+
+# Takes the lock, says so, and holds it until its stdin closes (or it is killed).
+_HOLDER = textwrap.dedent('''
+    import sys
+    from alignlab.runs import lock_dir
+    with lock_dir(sys.argv[1]):
+      print('locked', flush=True)
+      sys.stdin.read()
+''')
+
+
+def _holder(path):
+  proc = subprocess.Popen([sys.executable, '-c', _HOLDER, str(path)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True)
+  assert proc.stdout.readline().strip() == 'locked'
+  return proc
+
+
+def test_second_process_is_refused_naming_the_owner(tmp_path):
+  run = tmp_path / 'run'
+  proc = _holder(run)
+  try:
+    with pytest.raises(RunDirError) as info:
+      with lock_dir(run):
+        pass
+  finally:
+    proc.stdin.close()
+    proc.wait(timeout=10)
+  message = str(info.value)
+  assert '\n' not in message
+  assert str(run) in message and f'pid {proc.pid}' in message
+  assert socket.gethostname() in message
+  # The holder's clean exit leaves nothing behind, so the next command just runs.
+  assert not (run / LOCK_FILE).exists()
+  with lock_dir(run):
+    pass
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
+  run = tmp_path / 'run'
+  proc = _holder(run)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=10)
+  assert json.loads((run / LOCK_FILE).read_text())['pid'] == proc.pid  # left behind
+  with lock_dir(run):
+    owner = json.loads((run / LOCK_FILE).read_text())
+    assert (owner['pid'], owner['host']) == (os.getpid(), socket.gethostname())
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1
+  assert 'taking over' in err and f'pid {proc.pid}' in err and 'no longer running' in err
+
+
+def test_lock_is_exclusive_within_one_process_too(tmp_path):
+  with lock_dir(tmp_path / 'run'):
+    with pytest.raises(RunDirError, match=f'pid {os.getpid()}'):
+      with lock_dir(tmp_path / 'run'):
+        pass
+
+
+def test_lock_left_on_another_host_is_not_guessed_stale(tmp_path):
+  # A free flock proves nothing about a process on another host (shared file systems).
+  run = tmp_path / 'run'
+  run.mkdir()
+  (run / LOCK_FILE).write_text(json.dumps({'pid': 12345, 'host': 'elsewhere.invalid'}))
+  with pytest.raises(RunDirError, match=r'pid 12345 on host elsewhere\.invalid.*delete'):
+    with lock_dir(run):
+      pass
+
+
+def test_lock_is_released_on_an_exception(tmp_path):
+  with pytest.raises(KeyboardInterrupt):
+    with lock_dir(tmp_path / 'run'):
+      raise KeyboardInterrupt
+  assert not (tmp_path / 'run' / LOCK_FILE).exists()
+  proc = _holder(tmp_path / 'run')
+  proc.stdin.close()
+  assert proc.wait(timeout=10) == 0
+
+
+# ----------------------------------------------------------------------------- run dir files
+
+def _run(tmp_path):
+  return runs.prepare_run(tmp_path / 'out', 'dpo', {'beta': 0.1}, 0, {'lr': 1e-3})
+
+
+def test_torn_eval_line_is_one_line_naming_file_and_line(tmp_path):
+  run = _run(tmp_path)
+  (run / 'eval.jsonl').write_text('{"step": 0, "kl": 0.0}\n{"step": 10, "kl": 0.')
+  with pytest.raises(RunDirError) as info:
+    runs.collect_results(tmp_path / 'out')
+  message = str(info.value)
+  assert '\n' not in message and message.startswith(f'{run / "eval.jsonl"}:2 is not a JSON line')
+
+
+def test_empty_config_json_is_one_line_naming_it(tmp_path):
+  run = _run(tmp_path)
+  (run / 'config.json').write_text('')
+  with pytest.raises(RunDirError, match=f'^{run / "config.json"} is not valid JSON.*delete'):
+    _run(tmp_path)
+  with pytest.raises(RunDirError, match='config.json is not valid JSON'):
+    runs.collect_results(tmp_path / 'out')
+
+
+def test_done_json_is_absent_when_writing_it_fails(tmp_path, monkeypatch):
+  run = _run(tmp_path)
+
+  def full(fd):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+  monkeypatch.setattr(os, 'fsync', full)
+  with pytest.raises(OSError):
+    runs.mark_complete(run, wall_s=1.0)
+  monkeypatch.undo()
+  assert not runs.is_complete(run)
+  assert sorted(p.name for p in run.iterdir()) == ['config.json']
+  runs.mark_complete(run, wall_s=1.0)
+  assert json.loads((run / 'done.json').read_text())['wall_s'] == 1.0
