@@ -6,6 +6,11 @@ normalization, so `decode(encode(s)) == s` exactly. Special tokens: `<pad>` = 0,
 `<bos>` = 2. Encoding text never produces them: a review that literally contains "<eos>" is
 encoded as ordinary bytes.
 
+Any other `tokenizer.json` (a pretrained model's, `alignlab.hf`) loads too: its special tokens
+are found by name, from `tokenizer_config.json` when the directory has one, else among the
+usual names (`SPECIAL_TOKEN_NAMES`). Without a pad token, `pad_id` is the EOS id: padding is
+always masked, so any id serves, and decoding then drops nothing.
+
 The trained tokenizer is stored as `tokenizer.json` under
 `$ALIGNLAB_CACHE/tokenizer/<hash of (TokenizerConfig, data fingerprint)>/`.
 """
@@ -27,6 +32,14 @@ from alignlab.data.cache import atomic_dir, cache_dir
 PAD, EOS, BOS = '<pad>', '<eos>', '<bos>'
 SPECIAL_TOKENS = (PAD, EOS, BOS)  # ids 0, 1, 2 in this order
 FILENAME = 'tokenizer.json'
+CONFIG_FILENAME = 'tokenizer_config.json'
+# Names the common pretrained tokenizers give their special tokens (GPT-2, Llama 2/3, Qwen2,
+# Mistral), tried in order when tokenizer_config.json does not name them.
+SPECIAL_TOKEN_NAMES = {
+    'eos': (EOS, '<|endoftext|>', '</s>', '<|end_of_text|>', '<|im_end|>', '<|eot_id|>'),
+    'bos': (BOS, '<s>', '<|begin_of_text|>'),
+    'pad': (PAD, '<|pad|>', '<|finetune_right_pad_id|>'),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,19 +49,53 @@ class TokenizerConfig:
   max_train_docs: int = 0  # train on the first N texts; 0 = all
 
 
+def _token_name(value) -> str | None:
+  """A special token as tokenizer_config.json writes it: a string or {'content': ...}."""
+  if isinstance(value, dict):
+    value = value.get('content')
+  return value if isinstance(value, str) else None
+
+
+def find_special_ids(tok: tokenizers.Tokenizer, names: dict[str, str | None] | None = None,
+                     *, source: str = FILENAME) -> tuple[int, int, int | None]:
+  """(eos_id, bos_id, pad_id or None) of `tok`: `names` ({'eos': '</s>', ...}, e.g. from
+  tokenizer_config.json) first, then `SPECIAL_TOKEN_NAMES`. A missing BOS is the EOS (as in
+  GPT-2, whose one special token is both); a missing EOS is an error."""
+  names = names or {}
+  found = {}
+  for role, candidates in SPECIAL_TOKEN_NAMES.items():
+    named = names.get(role)
+    if named is not None:
+      if tok.token_to_id(named) is None:
+        raise ValueError(f'{source}: {role}_token {named!r} is not in the vocabulary')
+      found[role] = tok.token_to_id(named)
+      continue
+    found[role] = next((tok.token_to_id(c) for c in candidates if tok.token_to_id(c) is not None),
+                       None)
+  if found['eos'] is None:
+    raise ValueError(f'{source}: no eos_token (set it in {CONFIG_FILENAME}; looked for '
+                     f'{SPECIAL_TOKEN_NAMES["eos"]})')
+  bos = found['bos'] if found['bos'] is not None else found['eos']
+  return found['eos'], bos, found['pad']
+
+
 class Tokenizer:
   """Thin wrapper over `tokenizers.Tokenizer` with the alignlab tokenizer interface."""
 
-  def __init__(self, tok: tokenizers.Tokenizer, *, path: Path | None = None, from_cache: bool = False):
+  def __init__(self, tok: tokenizers.Tokenizer, *, path: Path | None = None, from_cache: bool = False,
+               special_tokens: dict[str, str | None] | None = None):
+    """`special_tokens`: {'eos': name, 'bos': name, 'pad': name} where the tokenizer's own
+    configuration names them (`find_special_ids`)."""
     # Literal "<eos>" etc. in user text must stay text, or round trips would break.
     tok.encode_special_tokens = True
     self._tok = tok
     self.path = path
     self.from_cache = from_cache  # True when load_or_train_tokenizer found it on disk
-    ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
-    if ids != [0, 1, 2]:
-      raise ValueError(f'expected special tokens {SPECIAL_TOKENS} at ids 0, 1, 2; got {ids}')
-    self.pad_id, self.eos_id, self.bos_id = ids
+    self.eos_id, self.bos_id, pad_id = find_special_ids(
+        tok, special_tokens, source=str(path) if path else FILENAME)
+    # Without a pad token, padding uses the EOS id (it is masked wherever it is padding).
+    self.has_pad = pad_id is not None
+    self.pad_id = pad_id if self.has_pad else self.eos_id
     self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
     self.fingerprint = hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
 
@@ -72,13 +119,30 @@ class Tokenizer:
     self._tok.save(str(path))
     return path
 
+  def special_token_names(self) -> dict[str, str | None]:
+    """{'eos': ..., 'bos': ..., 'pad': ... or None}: what tokenizer_config.json records."""
+    return {'eos': self._tok.id_to_token(self.eos_id), 'bos': self._tok.id_to_token(self.bos_id),
+            'pad': self._tok.id_to_token(self.pad_id) if self.has_pad else None}
+
   @classmethod
   def load(cls, directory: str | Path, *, from_cache: bool = False) -> 'Tokenizer':
+    """`directory/tokenizer.json`, with the special-token names of
+    `directory/tokenizer_config.json` when there is one (a Hugging Face model directory)."""
     path = Path(directory) / FILENAME
-    return cls(tokenizers.Tokenizer.from_file(str(path)), path=path, from_cache=from_cache)
+    config_path = Path(directory) / CONFIG_FILENAME
+    names = None
+    if config_path.is_file():
+      try:
+        config = json.loads(config_path.read_text())
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{config_path}: not valid JSON ({e})') from None
+      names = {role: _token_name(config.get(f'{role}_token')) for role in ('eos', 'bos', 'pad')}
+    return cls(tokenizers.Tokenizer.from_file(str(path)), path=path, from_cache=from_cache,
+               special_tokens=names)
 
   def _keep(self, ids: Iterable[int], skip_special_tokens: bool) -> list[int]:
-    drop = (self.pad_id, self.eos_id, self.bos_id) if skip_special_tokens else (self.pad_id,)
+    pad = (self.pad_id,) if self.has_pad else ()
+    drop = pad + (self.eos_id, self.bos_id) if skip_special_tokens else pad
     return [int(i) for i in ids if int(i) not in drop]
 
 

@@ -1,0 +1,244 @@
+"""Hugging Face import/export (alignlab.hf) against golden fixtures written by transformers.
+
+tests/fixtures/hf/<family>/ were written by benchmarks/peers/make_hf_fixtures.py with
+transformers itself (tiny seeded random models, norms and biases randomized): the checkpoint
+as transformers saves it, and golden.json with its float32 logits on fixed ids and its greedy
+continuation. Nothing here needs torch.
+"""
+
+import dataclasses
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from alignlab import hf, sharding
+from alignlab.config import ModelConfig, SamplingConfig
+from alignlab.data.tokenizer import Tokenizer
+from alignlab.heads import CausalLM
+from alignlab.sampling import sample
+
+from pathlib import Path
+
+FIXTURES = Path(__file__).parent / 'fixtures' / 'hf'
+FAMILIES = ('gpt2', 'llama', 'qwen2')
+
+
+def _golden(family):
+  return json.loads((FIXTURES / family / 'golden.json').read_text())
+
+
+def _tensors(path):
+  with safe_open(str(path), framework='np') as f:
+    return {name: f.get_tensor(name) for name in f.keys()}
+
+
+def _copy(family, tmp_path):
+  return Path(shutil.copytree(FIXTURES / family, tmp_path / family))
+
+
+def _edit_config(directory, **changes):
+  path = directory / 'config.json'
+  config = json.loads(path.read_text())
+  config.update(changes)
+  path.write_text(json.dumps(config))
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request):
+  return request.param
+
+
+def test_config_translation():
+  cfg = hf.load_pretrained(FIXTURES / 'llama')[0]
+  assert (cfg.n_heads, cfg.n_kv_heads, cfg.tie_embeddings, cfg.rope_scaling) == (4, 2, False, 'llama3')
+  assert (cfg.rope_theta, cfg.rope_scaling_factor, cfg.rope_original_max_len) == (5e5, 8.0, 16)
+  cfg = hf.load_pretrained(FIXTURES / 'qwen2')[0]
+  assert (cfg.use_bias, cfg.has_qkv_bias, cfg.kv_heads, cfg.tie_embeddings) == (False, True, 4, True)
+  cfg = hf.load_pretrained(FIXTURES / 'gpt2')[0]
+  assert (cfg.positions, cfg.max_seq_len, cfg.vocab_size, cfg.ff_dim) == ('learned', 32, 96, 48)
+
+
+def test_logits_match_transformers(family):
+  golden = _golden(family)
+  cfg, graphdef, params, _ = hf.load_pretrained(FIXTURES / family)
+  ids = np.asarray(golden['token_ids'], np.int32)
+  logits = np.asarray(nnx.merge(graphdef, params)(ids, np.ones_like(ids)))
+  expected = np.asarray(golden['logits'], np.float32)
+  assert logits.shape == expected.shape
+  np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
+  assert expected.std() > 0.5  # far from uniform: a wrong weight would not hide under 1e-4
+
+
+def test_greedy_decode_matches_transformers(family):
+  golden = _golden(family)
+  _, graphdef, params, _ = hf.load_pretrained(FIXTURES / family)
+  prompts = np.asarray(golden['greedy_prompts'], np.int32)
+  cfg = SamplingConfig(max_new_tokens=golden['greedy_new_tokens'], temperature=0.0, eos_id=-1)
+  out = sample(graphdef, params, prompts, np.ones_like(prompts), jax.random.key(0), cfg)
+  assert np.asarray(out.tokens[:, prompts.shape[1]:]).tolist() == golden['greedy_continuation']
+  # Each step's log-prob too: a random GPT-2 repeats one token, so tokens alone check little.
+  np.testing.assert_allclose(np.asarray(out.logprobs[:, prompts.shape[1]:]),
+                             np.asarray(golden['greedy_logprobs']), atol=1e-4, rtol=0)
+
+
+def test_round_trip_is_bitwise(family, tmp_path):
+  cfg, graphdef, params, tok = hf.load_pretrained(FIXTURES / family)
+  hf.save_pretrained(tmp_path / 'out', cfg, graphdef, params, tok)
+  cfg2, _, params2, tok2 = hf.load_pretrained(tmp_path / 'out')
+  assert cfg2 == cfg
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
+    assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+  # The exported tensors are the bytes transformers wrote, name for name.
+  original, exported = (_tensors(d / 'model.safetensors') for d in (FIXTURES / family, tmp_path / 'out'))
+  assert set(original) == set(exported)
+  for name, value in original.items():
+    assert value.dtype == exported[name].dtype and value.tobytes() == exported[name].tobytes(), name
+  assert (tok2.eos_id, tok2.bos_id, tok2.pad_id, tok2.vocab_size) == (
+      tok.eos_id, tok.bos_id, tok.pad_id, tok.vocab_size)
+  text = 'the film was great'
+  assert tok2.encode(text) == tok.encode(text) and tok.decode(tok.encode(text)) == text
+
+
+def test_bf16_params_round_trip_and_mesh(tmp_path):
+  cfg, graphdef, params, tok = hf.load_pretrained(FIXTURES / 'llama', param_dtype='bfloat16')
+  assert cfg.param_dtype == cfg.dtype == 'bfloat16'
+  assert all(x.dtype == jax.numpy.bfloat16 for x in jax.tree.leaves(params))
+  hf.save_pretrained(tmp_path / 'bf16', cfg, graphdef, params, tok)
+  assert json.loads((tmp_path / 'bf16' / 'config.json').read_text())['torch_dtype'] == 'bfloat16'
+  cfg2, _, params2, _ = hf.load_pretrained(tmp_path / 'bf16')  # the stored dtype by default
+  assert cfg2 == cfg
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
+    assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+  # Compute in bf16 with fp32 parameters, placed on a mesh in their declared shardings.
+  mesh = sharding.make_mesh(sharding.MeshConfig.single(), jax.devices()[:1])
+  cfg3, graphdef3, params3, _ = hf.load_pretrained(FIXTURES / 'llama', dtype='bfloat16',
+                                                   param_dtype='float32', mesh=mesh)
+  assert (cfg3.dtype, cfg3.param_dtype) == ('bfloat16', 'float32')
+  embed = params3['backbone']['embed']
+  assert embed.dtype == np.float32 and embed.sharding.mesh.shape == mesh.shape
+  golden = _golden('llama')
+  ids = np.asarray(golden['token_ids'], np.int32)
+  logits = np.asarray(nnx.merge(graphdef3, params3)(ids, np.ones_like(ids)))
+  np.testing.assert_allclose(logits, np.asarray(golden['logits']), atol=0.2)
+
+
+def test_export_of_an_alignlab_model_reimports(tmp_path):
+  """A model alignlab built (GQA, untied, RoPE) exports and imports to the same logits."""
+  cfg = ModelConfig(vocab_size=53, max_seq_len=16, d_model=24, n_layers=2, n_heads=6,
+                    n_kv_heads=3, d_ff=40, positions='rope', norm='rmsnorm', mlp='swiglu',
+                    use_bias=False, tie_embeddings=False, masked_output_ids=(0,), init_std=0.3)
+  mesh = sharding.make_mesh(sharding.MeshConfig.single(), jax.devices()[:1])
+  graphdef, params = sharding.init_params(lambda r: CausalLM(cfg, rngs=r), mesh, jax.random.key(0))
+  hf.save_pretrained(tmp_path / 'm', cfg, graphdef, params)
+  config = json.loads((tmp_path / 'm' / 'config.json').read_text())
+  assert config['model_type'] == 'llama' and config['num_key_value_heads'] == 3
+  cfg2, graphdef2, params2, tok = hf.load_pretrained(tmp_path / 'm')
+  assert tok is None and cfg2 == cfg
+  ids = np.arange(10, dtype=np.int32)[None] % 53
+  np.testing.assert_array_equal(np.asarray(nnx.merge(graphdef, params)(ids, np.ones_like(ids))),
+                                np.asarray(nnx.merge(graphdef2, params2)(ids, np.ones_like(ids))))
+
+
+def test_sharded_checkpoint_and_missing_shard(tmp_path):
+  directory = _copy('llama', tmp_path)
+  tensors = _tensors(directory / 'model.safetensors')
+  (directory / 'model.safetensors').unlink()
+  names = sorted(tensors)
+  shards = {'model-00001-of-00002.safetensors': names[:10],
+            'model-00002-of-00002.safetensors': names[10:]}
+  for shard, members in shards.items():
+    save_file({n: tensors[n] for n in members}, str(directory / shard), metadata={'format': 'pt'})
+  index = {'metadata': {}, 'weight_map': {n: s for s, ms in shards.items() for n in ms}}
+  (directory / 'model.safetensors.index.json').write_text(json.dumps(index))
+  _, graphdef, params, _ = hf.load_pretrained(directory)
+  ids = np.asarray(_golden('llama')['token_ids'], np.int32)
+  np.testing.assert_allclose(np.asarray(nnx.merge(graphdef, params)(ids, np.ones_like(ids))),
+                             np.asarray(_golden('llama')['logits']), atol=1e-4)
+  (directory / 'model-00002-of-00002.safetensors').unlink()
+  with pytest.raises(hf.HFFormatError, match=r"model.safetensors.index.json: weight_map\['.*'\] "
+                     r"names shard 'model-00002-of-00002.safetensors', which is missing"):
+    hf.load_pretrained(directory)
+
+
+@pytest.mark.parametrize('family_, changes, message', [
+    ('gpt2', {'model_type': 'gpt_neox'}, "config.json: model_type='gpt_neox' is not supported"),
+    ('llama', {'hidden_act': 'gelu'}, "config.json: hidden_act='gelu' is not supported"),
+    ('llama', {'attention_bias': True}, "config.json: attention_bias=True is not supported"),
+    ('llama', {'head_dim': 16}, "config.json: head_dim=16 is not supported"),
+    ('llama', {'rope_parameters': {'rope_type': 'yarn', 'factor': 4.0}},
+     "config.json: rope_parameters.rope_type='yarn' is not supported"),
+    ('qwen2', {'use_sliding_window': True}, "config.json: use_sliding_window=True is not supported"),
+    ('gpt2', {'activation_function': 'relu'}, "config.json: activation_function='relu'"),
+    ('gpt2', {'n_embd': None}, "config.json: required field 'n_embd' is missing"),
+    ('gpt2', {'n_layer': 3}, "tensor 'transformer.h.2.ln_1.weight' is missing"),
+    ('llama', {'intermediate_size': 40}, "model.safetensors: tensor 'model.layers.0.mlp.gate_proj"
+     r"\.weight' has shape \(48, 32\); config.json implies \(40, 32\)"),
+])
+def test_bad_configs_are_one_line_errors(family_, changes, message, tmp_path):
+  directory = _copy(family_, tmp_path)
+  _edit_config(directory, **changes)
+  with pytest.raises(hf.HFFormatError, match=message) as info:
+    hf.load_pretrained(directory)
+  assert '\n' not in str(info.value)
+
+
+def test_bad_files_are_one_line_errors(tmp_path):
+  directory = _copy('qwen2', tmp_path)
+  tensors = _tensors(directory / 'model.safetensors')
+  missing = 'model.layers.1.self_attn.k_proj.bias'
+  save_file({n: v for n, v in tensors.items() if n != missing}, str(directory / 'model.safetensors'),
+            metadata={'format': 'pt'})
+  with pytest.raises(hf.HFFormatError, match=f"tensor '{missing}' is missing"):
+    hf.load_pretrained(directory)
+  save_file({**tensors, 'model.layers.0.extra.weight': tensors[missing]},
+            str(directory / 'model.safetensors'), metadata={'format': 'pt'})
+  with pytest.raises(hf.HFFormatError, match="tensor 'model.layers.0.extra.weight' has no place"):
+    hf.load_pretrained(directory)
+  (directory / 'model.safetensors').unlink()
+  with pytest.raises(hf.HFFormatError, match='neither model.safetensors nor'):
+    hf.load_pretrained(directory)
+  (directory / 'config.json').write_text('{')
+  with pytest.raises(hf.HFFormatError, match='config.json: not valid JSON'):
+    hf.load_pretrained(directory)
+
+
+def test_tokenizer_larger_than_the_model_vocabulary(tmp_path):
+  cfg, graphdef, params, tok = hf.load_pretrained(FIXTURES / 'gpt2')
+  small = dataclasses.replace(cfg, vocab_size=80)
+  mesh = sharding.make_mesh(sharding.MeshConfig.single(), jax.devices()[:1])
+  graphdef, params = sharding.init_params(lambda r: CausalLM(small, rngs=r), mesh, jax.random.key(0))
+  hf.save_pretrained(tmp_path / 'm', small, graphdef, params)
+  tok.save(tmp_path / 'm')
+  with pytest.raises(hf.HFFormatError, match=r'tokenizer.json: vocabulary of 85 tokens exceeds '
+                     r'config.json vocab_size=80'):
+    hf.load_pretrained(tmp_path / 'm')
+
+
+def test_tokenizers_find_special_tokens_by_name():
+  gpt2 = Tokenizer.load(FIXTURES / 'gpt2')  # one special token, the last id: eos = bos, no pad
+  end = gpt2._tok.token_to_id('<|endoftext|>')
+  assert end == gpt2.vocab_size - 1 != 1
+  assert (gpt2.eos_id, gpt2.bos_id, gpt2.pad_id, gpt2.has_pad) == (end, end, end, False)
+  assert gpt2.decode(gpt2.encode('a film') + [end, end]) == 'a film<|endoftext|><|endoftext|>'
+  assert gpt2.encode('<|endoftext|>') != [end]  # text stays text
+  qwen = Tokenizer.load(FIXTURES / 'qwen2')  # names from tokenizer_config.json
+  assert qwen.eos_id == qwen._tok.token_to_id('<|im_end|>')
+  assert qwen.pad_id == qwen._tok.token_to_id('<|endoftext|>') and qwen.has_pad
+  assert qwen.decode(qwen.encode('a film') + [qwen.pad_id]) == 'a film'
+  llama = Tokenizer.load(FIXTURES / 'llama')
+  assert llama.bos_id == llama._tok.token_to_id('<s>') and llama.eos_id == llama._tok.token_to_id('</s>')
+
+
+def test_tokenizer_without_eos_is_an_error(tmp_path):
+  directory = tmp_path / 'tok'
+  directory.mkdir()
+  shutil.copy(FIXTURES / 'llama' / 'tokenizer.json', directory)
+  (directory / 'tokenizer_config.json').write_text(json.dumps({'eos_token': '<|nope|>'}))
+  with pytest.raises(ValueError, match="tokenizer_config.json: eos_token '<|nope|>' is not in"):
+    Tokenizer.load(directory)
