@@ -234,3 +234,22 @@ def implicit_reward_accuracy(graphdef, params, ref_params, pairs: dict[str, np.n
                                        jnp.asarray(pairs['chosen_score']),
                                        jnp.asarray(pairs['rejected_score']))
   return {k: float(v) for k, v in out.items()}
+
+
+def best_of_n_samples(graphdef, ref_params, prompt_tokens_BxP, prompt_mask_BxP, key: jax.Array,
+                      sampling: SamplingConfig, n: int, score_fn: Callable):
+  """Best-of-N (Nakano et al. 2021, arXiv 2112.09332; Stiennon et al. 2020, arXiv 2009.01325):
+  n responses per prompt from π_ref in one sampler call over B·n rows, scored by
+  `score_fn(tokens_BxT, attention_mask_BxT, response_mask_BxT) -> (B,)` (a reward model or the
+  gold reward), the best of each prompt kept (the first among equal scores). Returns (the kept
+  rows as a `SampleOutput` on the host, scores_BxN). Its KL to π_ref is at most the analytic
+  log N − (N − 1)/N (Beirami et al. 2024, arXiv 2401.01879); the exact task computes it."""
+  if n < 1:
+    raise ValueError(f'Best-of-N needs n ≥ 1, got {n}')
+  b = prompt_tokens_BxP.shape[0]
+  out = sample(graphdef, ref_params, jnp.repeat(jnp.asarray(prompt_tokens_BxP), n, axis=0),
+               jnp.repeat(jnp.asarray(prompt_mask_BxP), n, axis=0), key, sampling)
+  scores_BxN = np.asarray(score_fn(out.tokens, out.attention_mask, out.response_mask)).reshape(b, n)
+  rows_B = np.arange(b) * n + scores_BxN.argmax(-1)
+  kept = jax.tree.map(lambda x: np.asarray(x)[rows_B], jax.device_get(out))
+  return kept, scores_BxN

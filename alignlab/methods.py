@@ -206,6 +206,28 @@ def _single_point(env, name, hparams, cfg, out_dir, point_fn) -> None:
     runs.mark_complete(run)
 
 
+def restore_policy(env: dict, name: str, run_dir: Path, cfg) -> tuple[int, Any]:
+  """(step, policy params) of a trained run's latest checkpoint (`alignlab eval --recompute`)."""
+  from alignlab.checkpoint import Checkpointer
+  from alignlab.config import from_dict
+  from alignlab.train.optim import make_optimizer
+  from alignlab.train.step import init_state
+  spec = METHODS[name]
+  with Checkpointer(Path(run_dir) / 'checkpoints', {}) as ckpt:
+    step = ckpt.latest_step()
+    if step is None:
+      raise runs.RunDirError(f'{run_dir} has no checkpoint')
+    if spec['train'] is train_rl:
+      pcfg = from_dict(ppo.PPOConfig, _config(run_dir)['ppo'])
+      value = (ppo.init_value_model(env['model_cfg'], env['mesh'], jax.random.key(0))[1]
+               if pcfg.uses_value else None)
+      template = ppo.init_ppo_state(pcfg, env['ref_params'], value, env['mesh'])
+      return step, ckpt.restore(template, step)['policy']
+    template = init_state(env['ref_params'], make_optimizer(cfg.train.resolved_optimizer()),
+                          jax.random.key(0))
+    return step, ckpt.restore(template, step)['params']
+
+
 def _config(run: Path) -> dict:
   return json.loads((run / 'config.json').read_text())
 

@@ -190,6 +190,23 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, *, progress: bool = True) ->
   return runs.collect_results(out_dir)
 
 
+def evaluate_run(cfg: ExperimentConfig, run_dir: str | Path) -> dict:
+  """Evaluates a run dir's latest checkpoint again (or recomputes its single point: π_ref,
+  Best-of-N) with the task's evaluation; returns the point with its step."""
+  run_dir = Path(run_dir)
+  record = json.loads((run_dir / 'config.json').read_text())
+  name, hparams = record['method'], record['hparams']
+  spec = METHODS[name]
+  _, env = setup(cfg, progress=False)
+  if spec['train'] is methods_lib.best_of_n:
+    return {'step': 0, **env['best_of_n'](int(hparams['n']))[0]}
+  if spec['train'] is methods_lib.reference:
+    return {'step': 0, **env['evaluate'](env['ref_params'], None)}
+  step, params = methods_lib.restore_policy(env, name, run_dir, cfg)
+  beta = hparams[spec['hparam']] if spec.get('own_beta') else None
+  return {'step': step, **env['evaluate'](params, beta)}
+
+
 def load_results(path: str | Path) -> pd.DataFrame:
   """A results.csv, or the results.csv (else the run dirs) of an experiment out dir."""
   path = Path(path)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from alignlab.config import ModelConfig, OptimizerConfig
-from alignlab.data import imdb
+from alignlab.tasks import imdb_data as imdb
 from alignlab.data.tokenizer import TokenizerConfig
 from alignlab.losses.reward import logistic
-from alignlab.train import classifier
+from alignlab.tasks import imdb_gold as classifier
 from alignlab.train.reward_model import score
 
 DATA = imdb.ImdbConfig(max_docs=4000)
@@ -99,7 +99,7 @@ def test_reward_is_the_probability_of_bos_plus_text(stage):
 def test_task_gold_switch(monkeypatch, tmp_path):
   from alignlab import imdb_stages as st
   from alignlab import sharding
-  from alignlab.rewards import ClassifierReward, VaderReward
+  from alignlab.tasks.imdb_gold import ClassifierReward, VaderReward
   from experiments import imdb_frontier as exp
   tiny_clf = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, d_model=16, d_ff=32),
                                  steps=3, optimizer=OptimizerConfig(learning_rate=1e-3))

@@ -16,9 +16,10 @@ import jax.numpy as jnp
 import pytest
 
 from alignlab.config import OptimizerConfig
-from alignlab.data import exact
-from alignlab.train import exact_reference, preference
-from alignlab.train.run import fit
+from alignlab.tasks import exact_math as exact
+from alignlab.train import preference
+from exact_reference import fit_reference, fresh_pair_batches, make_scorer, policy_model_config
+from alignlab.train.fit import fit
 
 # Final gaps are printed. Measured on 2 idle cores: β=0.1 → 0.0921 = 3.76 % of π_ref's 2.4526
 # (1,016 s; 5.14 % after 1,000 steps); β=1 → 0.0134 = 2.91 % of π_ref's 0.4616 (1,000 steps).
@@ -31,9 +32,9 @@ PAIRS_FROM = {0.1: 'uniform', 1.0: 'reference'}
 def test_dpo_reaches_optimum(beta, tmp_path):
   cfg = exact.ExactTaskConfig()
   r_PxY = jnp.asarray(exact.gold_reward(cfg))
-  model_cfg = exact_reference.policy_model_config(cfg)
-  graphdef, ref_params, ref_logp = exact_reference.fit_reference(cfg, model_cfg, tmp_path / 'sft')
-  score = exact_reference.make_scorer(graphdef, cfg)
+  model_cfg = policy_model_config(cfg)
+  graphdef, ref_params, ref_logp = fit_reference(cfg, model_cfg, tmp_path / 'sft')
+  score = make_scorer(graphdef, cfg)
   gap_ref = float(exact.gap(ref_logp, ref_logp, r_PxY, beta).mean())
   n_steps = STEPS[beta]
 
@@ -43,7 +44,7 @@ def test_dpo_reaches_optimum(beta, tmp_path):
             'kl': float(exact.kl(logp, ref_logp).mean())}
 
   uniform = jnp.zeros_like(ref_logp) if PAIRS_FROM[beta] == 'uniform' else None
-  batch_at = exact_reference.fresh_pair_batches(cfg, ref_logp, r_PxY, pairs_per_prompt=512,
+  batch_at = fresh_pair_batches(cfg, ref_logp, r_PxY, pairs_per_prompt=512,
                                                 sample_logp_PxY=uniform)
   state = fit(preference.make_loss_fn(graphdef, 'dpo', prompt_len=1), ref_params, batch_at,
               optimizer=OptimizerConfig(learning_rate=3e-3, schedule='linear',

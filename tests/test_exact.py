@@ -13,7 +13,7 @@ import pytest
 from absl.testing import parameterized
 
 from alignlab.config import ConfigError
-from alignlab.data import exact
+from alignlab.tasks import exact_math as exact
 
 TINY = exact.ExactTaskConfig(n_prompts=2, vocab=3, length=2, reward_seed=3, ref_seed=5)
 SMALL = exact.ExactTaskConfig(n_prompts=3, vocab=3, length=3, reward_seed=1, ref_seed=2)

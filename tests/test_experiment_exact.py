@@ -11,8 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alignlab import experiment, runs
+from alignlab import methods, pipeline, runs
 from alignlab.config import ConfigError
+
+
+PREFERENCE = [m for m, spec in methods.METHODS.items() if spec['train'] is methods.train_preference]
+RL = [m for m, spec in methods.METHODS.items() if spec['train'] is methods.train_rl]
 
 
 def shared_out(tmp_path_factory):
@@ -24,32 +28,28 @@ def shared_out(tmp_path_factory):
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
   out = shared_out(tmp_path_factory)
-  result = experiment.run_experiment('exact_frontier', 'tiny', out_dir=out, progress=False,
+  result = pipeline.run_experiment('exact_frontier', 'tiny', out_dir=out, progress=False,
                                      verbose=False)
   return result
 
 
 def test_every_method_has_exact_points(tiny):
-  module = experiment.load_experiment('exact_frontier')
+  module = pipeline.load_experiment('exact_frontier')
   cfg = module.get_config('tiny')
   df = pd.read_csv(tiny.results_csv)
-  expected = set(module.PREFERENCE_METHODS) | {'best_of_n'}
-  if module.rl_available():
-    expected |= set(module.RL_METHODS)
-  assert set(df['method']) == expected
+  assert set(df['method']) == set(cfg.methods)
   for column in runs.RESULT_COLUMNS:
     assert column in df.columns
   trained = df[df['method'] != 'best_of_n']
   # Evaluated at 0, every eval_every steps and at the end.
-  steps = sorted(set(trained.loc[trained['method'].isin(module.PREFERENCE_METHODS), 'step']))
+  steps = sorted(set(trained.loc[trained['method'].isin(PREFERENCE), 'step']))
   assert steps == list(range(0, cfg.train.steps + 1, cfg.train.eval_every))
-  if module.rl_available():
-    rl_steps = sorted(set(trained.loc[trained['method'].isin(module.RL_METHODS), 'step']))
-    assert rl_steps == list(range(0, cfg.rl.iterations + 1, cfg.rl.eval_every))
+  rl_steps = sorted(set(trained.loc[trained['method'].isin(RL), 'step']))
+  assert rl_steps == list(range(0, cfg.rl.iterations + 1, cfg.rl.eval_every))
   start = trained[trained['step'] == 0]
   np.testing.assert_allclose(start['kl'], 0.0, atol=1e-5)  # every run starts at π_ref
   np.testing.assert_allclose(start['gap_fraction'], 1.0, atol=1e-4)
-  assert len(df[df['method'] == 'dpo'].groupby('hparam_value')) == len(cfg.methods.dpo_betas)
+  assert len(df[df['method'] == 'dpo'].groupby('hparam_value')) == len(cfg.sweeps.dpo)
   for png in tiny.plots:
     assert png.exists() and png.stat().st_size > 1000
 
@@ -94,7 +94,7 @@ def test_resume_skips_complete_runs_and_continues_a_partial_one(tiny, tmp_path):
       shutil.rmtree(step_dir)
   (partial / 'done.json').unlink()
   (partial / 'win_rate.jsonl').unlink()
-  result = experiment.run_experiment('exact_frontier', 'tiny', out_dir=out, progress=False,
+  result = pipeline.run_experiment('exact_frontier', 'tiny', out_dir=out, progress=False,
                                      verbose=False)
   for name, mtime in done.items():
     if name != partial.name:
@@ -109,24 +109,23 @@ def test_resume_skips_complete_runs_and_continues_a_partial_one(tiny, tmp_path):
 
 
 def test_unknown_variant_and_method():
-  module = experiment.load_experiment('exact_frontier')
+  module = pipeline.load_experiment('exact_frontier')
   with pytest.raises(ConfigError, match='tiny, quick, paper'):
     module.get_config('huge')
-  cfg = experiment.make_config(module, 'tiny', ["methods.run=['dpo','nope']"])
+  cfg = pipeline.make_config(module, 'tiny', ["methods=['dpo','nope']"])
   with pytest.raises(ConfigError, match='nope'):
-    module.run(cfg, '/nonexistent/never-written')
+    pipeline.run(cfg, '/nonexistent/never-written')
 
 
 def test_evaluate_run_recomputes_the_last_evaluation(tiny):
-  module = experiment.load_experiment('exact_frontier')
+  module = pipeline.load_experiment('exact_frontier')
   cfg = module.get_config('tiny')
-  names = ['dpo-beta1-seed0', 'best_of_n-n8-seed0']
-  if module.rl_available():
-    names += ['ppo_gt-beta0.3-seed0', 'ppo-kl_target1-seed0']
+  names = ['dpo-beta1-seed0', 'best_of_n-n8-seed0', 'ppo_gt-beta0.3-seed0',
+           'ppo-kl_target1-seed0']
   for name in names:
     run = tiny.out_dir / name
     last = runs.read_jsonl(run / 'eval.jsonl')[-1]
-    again = module.evaluate_run(cfg, run)
+    again = pipeline.evaluate_run(cfg, run)
     assert again['step'] == last['step'], name
     for key in ('gold_reward', 'kl', 'gap', 'objective'):
       assert again[key] == pytest.approx(last[key], abs=1e-5), (name, key)

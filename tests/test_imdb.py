@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from alignlab.data import imdb
+from alignlab.tasks import imdb_data as imdb
 from alignlab.data.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
 
 CFG = imdb.ImdbConfig()

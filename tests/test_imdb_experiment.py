@@ -8,27 +8,32 @@ import json
 import numpy as np
 import pytest
 
-from alignlab import imdb_stages as st
+from alignlab import pipeline
 from alignlab.config import config_hash
-from experiments import imdb_frontier as exp
+from alignlab.tasks import imdb as st
+from alignlab.tasks import imdb_data
+
+exp = pipeline.load_experiment('imdb_frontier')
 
 
 @pytest.mark.slow
 def test_tiny_end_to_end_then_reuses_stages(tmp_path):
   # tiny plus every method that only `paper` runs, so that each code path runs end to end.
-  cfg = dataclasses.replace(exp.get_config('tiny'), rloo_grpo=True, other_losses=(
-      ('ipo', 0.1), ('cdpo', 0.1), ('simpo', 2.0), ('orpo', 0.1), ('kto', 0.1)))
-  df = exp.run(cfg, tmp_path / 'run1', progress=False)
+  others = ('ipo', 'cdpo', 'simpo', 'orpo', 'kto', 'rloo', 'grpo')
+  overrides = [f"methods={exp.get_config('tiny').methods + others}"]
+  cfg = pipeline.make_config(exp, 'tiny', overrides)
+  df = pipeline.run_experiment('imdb_frontier', 'tiny', overrides, tmp_path / 'run1',
+                               progress=False, verbose=False).df
   csv = exp_pd_read(tmp_path / 'run1' / 'results.csv')
   expected = {'sft', 'dpo', 'preferred_ft', 'ppo', 'best_of_n', 'ipo', 'cdpo', 'simpo', 'orpo', 'kto',
               'rloo', 'grpo'}
   assert expected <= set(csv['method'])
   for col in ('gold_reward', 'gold_reward_stderr', 'kl', 'kl_k1', 'kl_k3', 'proxy_reward', 'objective'):
     assert np.all(np.isfinite(csv[col].to_numpy(float))), col
-  assert set(csv[csv['method'] == 'dpo']['hparam_value']) == set(cfg.dpo_betas)
+  assert set(csv[csv['method'] == 'dpo']['hparam_value']) == set(cfg.sweeps.dpo)
   # Each trained run has its step-0 point, its intermediate points and its last step.
-  dpo = csv[(csv['method'] == 'dpo') & (csv['hparam_value'] == cfg.dpo_betas[0])]
-  assert sorted(dpo['step']) == sorted(set(range(0, cfg.steps + 1, cfg.eval_every)) | {cfg.steps})
+  dpo = csv[(csv['method'] == 'dpo') & (csv['hparam_value'] == cfg.sweeps.dpo[0])]
+  assert sorted(dpo['step']) == sorted(set(range(0, cfg.train.steps + 1, cfg.train.eval_every)) | {cfg.train.steps})
   # The exact KL is non-negative, and zero for π_ref itself and at step 0.
   assert (csv['kl'] >= -1e-5).all()
   assert abs(float(csv[csv['method'] == 'sft']['kl'].iloc[0])) < 1e-4
@@ -46,16 +51,17 @@ def test_tiny_end_to_end_then_reuses_stages(tmp_path):
   assert set(wr[wr['method'] == 'best_of_n']['temperature']) == {1.0}
   assert np.all((wr['win_rate'] >= 0) & (wr['win_rate'] <= 1))
   assert len(df) == len(csv)
-  first = json.loads((tmp_path / 'run1' / 'stages.json').read_text())['from_cache']
+  first = json.loads((tmp_path / 'run1' / 'stages.json').read_text())['info']['from_cache']
   assert not any(first.values()), first
 
   # Run again: no stage is trained again, and finished runs are not retrained (their
   # checkpoints' step stays, their eval.jsonl gains no line).
   evals = {p: p.read_text() for p in (tmp_path / 'run1').glob('*/eval.jsonl')}
   # sft, the dpo runs, the other losses, preferred_ft, ppo, rloo, grpo, best_of_n per N
-  assert len(evals) == 1 + len(cfg.dpo_betas) + len(cfg.other_losses) + 4 + len(cfg.bon_ns)
-  again = exp.run(cfg, tmp_path / 'run1', progress=False)
-  second = json.loads((tmp_path / 'run1' / 'stages.json').read_text())['from_cache']
+  assert len(evals) == 1 + len(cfg.sweeps.dpo) + 5 + 4 + len(cfg.sweeps.best_of_n)
+  again = pipeline.run_experiment('imdb_frontier', 'tiny', overrides, tmp_path / 'run1',
+                                  progress=False, verbose=False).df
+  second = json.loads((tmp_path / 'run1' / 'stages.json').read_text())['info']['from_cache']
   assert all(second.values()), second
   assert {p: p.read_text() for p in evals} == evals
   np.testing.assert_allclose(again['gold_reward'].to_numpy(float), csv['gold_reward'].to_numpy(float))
@@ -97,11 +103,11 @@ def test_interrupted_sft_stage_resumes_and_matches_an_uninterrupted_one(tmp_path
   cfg = dataclasses.replace(base, sft=dataclasses.replace(base.sft, save_every=4))
   mesh = sharding.make_mesh()
   monkeypatch.setenv('ALIGNLAB_CACHE', str(tmp_path / 'whole'))
-  tok = st.tokenizer_stage(cfg)
-  whole = st.sft_stage(cfg, tok, mesh, progress=False)
+  tok = imdb_data.imdb_tokenizer(cfg.tokenizer, cfg.data)
+  whole_dir, _, whole_params, _ = st.sft_stage(cfg, tok, mesh, progress=False)
 
   monkeypatch.setenv('ALIGNLAB_CACHE', str(tmp_path / 'killed'))
-  tok = st.tokenizer_stage(cfg)
+  tok = imdb_data.imdb_tokenizer(cfg.tokenizer, cfg.data)
   real_fit = st.fit
 
   def killed_fit(*args, **kwargs):
@@ -111,14 +117,14 @@ def test_interrupted_sft_stage_resumes_and_matches_an_uninterrupted_one(tmp_path
   monkeypatch.setattr(st, 'fit', killed_fit)
   with pytest.raises(KeyboardInterrupt):
     st.sft_stage(cfg, tok, mesh, progress=False)
-  target = whole.directory.parent.parent.parent / 'killed' / 'imdb_sft' / whole.directory.name
+  target = whole_dir.parent.parent.parent / 'killed' / 'imdb_sft' / whole_dir.name
   assert not target.exists() and (work_dir(target) / 'checkpoints' / '6').is_dir()
   monkeypatch.setattr(st, 'fit', real_fit)
-  resumed = st.sft_stage(cfg, tok, mesh, progress=False)
-  assert resumed.directory == target and not work_dir(target).exists()
+  resumed_dir, _, resumed_params, _ = st.sft_stage(cfg, tok, mesh, progress=False)
+  assert resumed_dir == target and not work_dir(target).exists()
   steps = [json.loads(line)['step'] for line in (target / 'run' / 'metrics.jsonl').read_text().splitlines()]
   assert steps == list(range(1, cfg.sft.steps + 1))  # 1..6 before the kill, 7.. after
-  for a, b in zip(jax_leaves(whole.params), jax_leaves(resumed.params)):
+  for a, b in zip(jax_leaves(whole_params), jax_leaves(resumed_params)):
     np.testing.assert_array_equal(a, b)
 
 

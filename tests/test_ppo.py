@@ -16,16 +16,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from alignlab import sharding
+from alignlab import evaluate, sharding
 from alignlab.checkpoint import Checkpointer
 from alignlab.config import ConfigError, MeshConfig, ModelConfig, OptimizerConfig, SamplingConfig
-from alignlab.data import exact
+from alignlab.tasks import exact_math as exact
 from alignlab.heads import CausalLM, ScalarModel
 from alignlab.sampling import SampleOutput, sample
-from alignlab.train import best_of_n as bon
 from alignlab.train import ppo
-from alignlab.train.loop import TrainingDiverged
-from alignlab.train.rollout import (RewardModel, evaluate_samples, exact_task_reward,
+from alignlab.train.fit import TrainingDiverged
+from alignlab.tasks.exact import reward_table
+from alignlab.tasks.exact_math import exact_task_reward
+from alignlab.train.rollout import (RewardModel, evaluate_samples,
                                     from_token_lists, rollout)
 
 TASK = exact.ExactTaskConfig(n_prompts=3, vocab=4, length=3, reward_seed=1, ref_seed=2)
@@ -310,33 +311,34 @@ def test_best_of_n_keeps_the_best_and_matches_the_exact_law(mesh):
   gold = exact_task_reward(TASK)
   n, per_prompt = 4, 1000
   prompts_BxP, mask_BxP = _prompts_fn(per_prompt)(0)
-  out = bon.best_of_n(graphdef, ref_params, gold, prompts_BxP, mask_BxP, jax.random.key(0),
-                      TASK_SAMPLING, n, gold=gold)
-  np.testing.assert_array_equal(np.asarray(out.scores), np.asarray(out.all_scores).max(-1))
-  np.testing.assert_array_equal(np.asarray(out.scores), np.asarray(out.gold_scores))
-  assert out.kl_bound == pytest.approx(math.log(n) - (n - 1) / n)
+  kept, scores_BxN = evaluate.best_of_n_samples(
+      graphdef, ref_params, prompts_BxP, mask_BxP, jax.random.key(0), TASK_SAMPLING, n,
+      lambda t, a, m: gold(np.asarray(t), np.asarray(a), np.asarray(m)))
+  kept_scores = gold(kept.tokens, kept.attention_mask, kept.response_mask)
+  np.testing.assert_array_equal(kept_scores, scores_BxN.max(-1))
   # The frequencies of the kept responses follow the exact Best-of-N law.
   ref_logp = logp_of(ref_params)
-  exact_out = bon.exact_best_of_n(ref_logp, r, n, gold_reward=r, beta=1.0)
-  index = np.asarray(exact.response_index(TASK, np.asarray(out.tokens)[:, 1:]))
+  bon_logp = exact.best_of_n_logp(ref_logp, jnp.asarray(r), n)
+  index = np.asarray(exact.response_index(TASK, np.asarray(kept.tokens)[:, 1:]))
   prompt = np.repeat(np.arange(TASK.n_prompts), per_prompt)
   freq = np.zeros((TASK.n_prompts, TASK.n_responses))
   np.add.at(freq, (prompt, index), 1.0 / per_prompt)
-  tv = 0.5 * np.abs(freq - np.exp(np.asarray(exact_out['logp']))).sum(-1)
+  tv = 0.5 * np.abs(freq - np.exp(np.asarray(bon_logp))).sum(-1)
   assert np.all(tv < 0.1), tv
-  assert float(np.asarray(out.gold_scores).mean()) == pytest.approx(exact_out['gold_reward'],
-                                                                     abs=0.08)
-  # Exact KL: 0 for N = 1, below the bound, growing with N.
-  kls = [bon.exact_best_of_n(ref_logp, r, k)['kl'] for k in (1, 2, 4, 16)]
+  assert float(kept_scores.mean()) == pytest.approx(
+      float(exact.expected_reward(bon_logp, jnp.asarray(r)).mean()), abs=0.08)
+  # Exact KL: 0 for N = 1, below the analytic bound, growing with N.
+  kls = [float(exact.kl(exact.best_of_n_logp(ref_logp, jnp.asarray(r), k), ref_logp).mean())
+         for k in (1, 2, 4, 16)]
   assert abs(kls[0]) < 1e-5 and np.all(np.diff(kls) > 0)
-  assert exact_out['kl'] <= exact_out['kl_bound'] + 1e-6
-  assert exact_out['kl'] == pytest.approx(float(exact.kl(exact_out['logp'], ref_logp).mean()))
+  assert kls[2] <= float(exact.best_of_n_kl_bound(n)) + 1e-6
+  assert float(exact.best_of_n_kl_bound(n)) == pytest.approx(math.log(n) - (n - 1) / n)
 
 
 def test_exact_reward_table_matches_the_reward_model(mesh):
   rm_graphdef, rm_params = sharding.init_params(lambda k: ScalarModel(TASK_MODEL, rngs=k), mesh,
                                                 jax.random.key(3))
-  table = np.asarray(bon.exact_reward_table(TASK, rm_graphdef, rm_params, batch_size=50))
+  table = np.asarray(reward_table(TASK, rm_graphdef, rm_params, batch_size=50))
   seqs = exact.full_sequences(TASK)
   for x, y in ((0, 0), (1, 17), (2, TASK.n_responses - 1)):
     tokens = jnp.asarray(seqs[x, y][None])

@@ -16,13 +16,14 @@ from flax import nnx
 
 from alignlab import sharding
 from alignlab.config import MeshConfig, ModelConfig, OptimizerConfig, SamplingConfig
-from alignlab.data import exact
+from alignlab.tasks import exact_math as exact
 from alignlab.heads import CausalLM, ScalarModel, embedding_from_lm
 from alignlab.train import ppo, reward_model, sft
 from alignlab.train.batches import ArrayBatches
-from alignlab.train.best_of_n import exact_reward_table
-from alignlab.train.rollout import RewardModel, exact_task_reward
-from alignlab.train.run import fit
+from alignlab.tasks.exact import reward_table as exact_reward_table
+from alignlab.tasks.exact_math import exact_task_reward
+from alignlab.train.rollout import RewardModel
+from alignlab.train.fit import fit
 
 pytestmark = pytest.mark.slow
 

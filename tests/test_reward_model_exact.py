@@ -8,11 +8,11 @@ import pytest
 
 from alignlab import sharding
 from alignlab.config import ModelConfig, OptimizerConfig
-from alignlab.data import exact
+from alignlab.tasks import exact_math as exact
 from alignlab.heads import ScalarModel
 from alignlab.train import reward_model
 from alignlab.train.batches import ArrayBatches
-from alignlab.train.run import fit
+from alignlab.train.fit import fit
 
 
 def _pairs(cfg, ref_logp, r, key, per_prompt):

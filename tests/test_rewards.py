@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from alignlab.data.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
-from alignlab.rewards import VaderReward
+from alignlab.tasks.imdb_gold import VaderReward
 
 CORPUS = ['This movie was wonderful, I loved it.', 'This movie was terrible, I hated it.', 'The plot was fine.']
 

@@ -15,13 +15,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alignlab import evaluate, sharding, sweep
+from alignlab import sharding
+from alignlab.tasks import exact as exact_task
+from alignlab.train import fit as fit_lib
 from alignlab.config import MeshConfig, ModelConfig, OptimizerConfig
-from alignlab.data import exact
+from alignlab.tasks import exact_math as exact
 from alignlab.heads import CausalLM
 from alignlab.train import preference
 from alignlab.train.batches import ArrayBatches
-from alignlab.train.run import fit
+from alignlab.train.fit import fit
+
+
+def _fit_runs(*args, **kwargs):
+  """`fit_runs`' state (every run finite here: its failures are asserted None)."""
+  state, failed = fit_lib.fit_runs(*args, **kwargs)
+  assert failed == [None] * len(failed), failed
+  return state
 
 TASK = exact.ExactTaskConfig(n_prompts=3, vocab=3, length=3, reward_seed=2)
 MODEL = ModelConfig(vocab_size=exact.model_vocab_size(TASK), max_seq_len=TASK.length + 1,
@@ -46,7 +55,7 @@ def setup():
 
 
 def _hparams():
-  return sweep.stack_hparams([{k: v for k, v in run.items() if k != 'seed'} for run in RUNS])
+  return fit_lib.stack_hparams([{k: v for k, v in run.items() if k != 'seed'} for run in RUNS])
 
 
 def _not_key_bias(path) -> bool:
@@ -66,8 +75,8 @@ def _compare(a_params, b_params, graphdef, tol=1e-5):
       np.testing.assert_allclose(a, b, atol=tol, rtol=0, err_msg=jax.tree_util.keystr(path))
     else:  # only the key third of b_qkv (H, K) is exempt: queries and values must agree
       np.testing.assert_allclose(a[[0, 2]], b[[0, 2]], atol=tol, rtol=0)
-  np.testing.assert_allclose(evaluate.exact_policy_logp(graphdef, a_params, TASK),
-                             evaluate.exact_policy_logp(graphdef, b_params, TASK), atol=tol, rtol=0)
+  np.testing.assert_allclose(exact_task.exact_policy_logp(graphdef, a_params, TASK),
+                             exact_task.exact_policy_logp(graphdef, b_params, TASK), atol=tol, rtol=0)
 
 
 @pytest.fixture(scope='module')
@@ -105,7 +114,7 @@ def test_each_run_equals_the_run_trained_alone_and_is_one_program(setup, alone, 
     return [{'beta_seen': float(b)} for b in np.asarray(_hparams()['beta'])]
 
   dirs = [tmp_path / f'sweep{i}' for i in range(len(RUNS))]
-  state = sweep.fit_sweep(loss_fn, params, sweep.SweepBatches(pairs, BATCH, [r['seed'] for r in RUNS]),
+  state = _fit_runs(loss_fn, params, fit_lib.RunBatches(pairs, BATCH, [r['seed'] for r in RUNS]),
                           _hparams(), optimizer=OPT, n_steps=STEPS, run_dirs=dirs,
                           configs=[dict(run) for run in RUNS], mesh=mesh, eval_fn=eval_fn,
                           eval_every=4, progress=False, runs_per_chunk=runs_per_chunk)
@@ -114,9 +123,9 @@ def test_each_run_equals_the_run_trained_alone_and_is_one_program(setup, alone, 
   assert jax.tree.leaves(state['params'])[0].shape[0] == len(RUNS)
   for i, run in enumerate(RUNS):
     single, single_dir = alone[i]
-    _compare(sweep.run_state(state['params'], i), single['params'], graphdef)
-    assert int(sweep.run_state(state['step'], i)) == STEPS
-    np.testing.assert_array_equal(jax.random.key_data(sweep.run_state(state['rng'], i)),
+    _compare(fit_lib.run_state(state['params'], i), single['params'], graphdef)
+    assert int(fit_lib.run_state(state['step'], i)) == STEPS
+    np.testing.assert_array_equal(jax.random.key_data(fit_lib.run_state(state['rng'], i)),
                                   jax.random.key_data(single['rng']))
     # Per-run metrics in per-run dirs, the same numbers as the single run's.
     mine = [json.loads(l) for l in (dirs[i] / 'metrics.jsonl').read_text().splitlines()]
@@ -127,8 +136,8 @@ def test_each_run_equals_the_run_trained_alone_and_is_one_program(setup, alone, 
     assert [row['step'] for row in rows] == [0, 4, 8]
     assert rows[0]['beta_seen'] == pytest.approx(run['beta'])
   # Different hyperparameters really gave different runs.
-  assert not np.allclose(np.asarray(sweep.run_state(state['params'], 0)['backbone']['embed']),
-                         np.asarray(sweep.run_state(state['params'], 1)['backbone']['embed']))
+  assert not np.allclose(np.asarray(fit_lib.run_state(state['params'], 0)['backbone']['embed']),
+                         np.asarray(fit_lib.run_state(state['params'], 1)['backbone']['embed']))
 
 
 def test_interrupted_sweep_resumes_exactly(setup, tmp_path):
@@ -137,7 +146,7 @@ def test_interrupted_sweep_resumes_exactly(setup, tmp_path):
 
   def go(name, **kw):
     dirs = [tmp_path / name / f'run{i}' for i in range(len(RUNS))]
-    return sweep.fit_sweep(loss_fn, params, sweep.SweepBatches(pairs, BATCH, [r['seed'] for r in RUNS]),
+    return _fit_runs(loss_fn, params, fit_lib.RunBatches(pairs, BATCH, [r['seed'] for r in RUNS]),
                            _hparams(), optimizer=OPT, n_steps=STEPS, run_dirs=dirs,
                            configs=[dict(run) for run in RUNS], mesh=mesh, save_every=3,
                            progress=False, **kw), dirs
@@ -158,11 +167,11 @@ def test_shared_batch_and_bad_hparams(setup, tmp_path):
   loss_fn = preference.make_loss_fn(graphdef, 'dpo', prompt_len=1)
   batches = ArrayBatches(pairs, BATCH, seed=0)
   with pytest.raises(ValueError, match='one per run'):
-    sweep.fit_sweep(loss_fn, params, batches, {'beta': [0.1, 0.2, 0.3]}, optimizer=OPT,
+    _fit_runs(loss_fn, params, batches, {'beta': [0.1, 0.2, 0.3]}, optimizer=OPT,
                     n_steps=1, run_dirs=[tmp_path / 'a', tmp_path / 'b'], configs=[{}, {}],
                     mesh=mesh, progress=False)
   # Two runs with equal hyperparameters and a shared batch stay identical.
-  state = sweep.fit_sweep(loss_fn, params, batches, {'beta': [0.3, 0.3]}, optimizer=OPT,
+  state = _fit_runs(loss_fn, params, batches, {'beta': [0.3, 0.3]}, optimizer=OPT,
                           n_steps=2, run_dirs=[tmp_path / 'a', tmp_path / 'b'], configs=[{}, {}],
                           mesh=mesh, progress=False)
   for leaf in jax.tree.leaves(state['params']):
@@ -175,7 +184,8 @@ WORKER = textwrap.dedent('''
   import jax, jax.numpy as jnp, numpy as np
   sys.path.insert(0, sys.argv[1])
   import test_sweep as t
-  from alignlab import sharding, sweep
+  from alignlab import sharding
+  from alignlab.train import fit as fit_lib
   from alignlab.config import MeshConfig
   from alignlab.heads import CausalLM
   from alignlab.train import preference
@@ -187,9 +197,9 @@ WORKER = textwrap.dedent('''
     pairs = t.exact.preference_batch(t.TASK, t.exact.sample_pairs_bt(jax.random.key(1), t.TASK,
                                      t.exact.random_reference(t.TASK), r, 32))
     pairs = preference.reference_logps(graphdef, params, pairs, prompt_len=1, batch_size=96)
-    hp = sweep.stack_hparams([{'beta': b} for b in (0.1, 0.3, 1.0, 3.0)])
-    state = sweep.fit_sweep(preference.make_loss_fn(graphdef, 'dpo', prompt_len=1), params,
-                            sweep.SweepBatches(pairs, t.BATCH, [0, 1, 2, 3]), hp, optimizer=t.OPT,
+    hp = fit_lib.stack_hparams([{'beta': b} for b in (0.1, 0.3, 1.0, 3.0)])
+    state = t._fit_runs(preference.make_loss_fn(graphdef, 'dpo', prompt_len=1), params,
+                            fit_lib.RunBatches(pairs, t.BATCH, [0, 1, 2, 3]), hp, optimizer=t.OPT,
                             n_steps=3, run_dirs=[tempfile.mkdtemp() for _ in range(4)],
                             configs=[{}] * 4, mesh=mesh, progress=False)
     out[name] = state

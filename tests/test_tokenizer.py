@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from alignlab.data import cache, imdb
+from alignlab.data import cache
+from alignlab.tasks import imdb_data as imdb
 from alignlab.data.tokenizer import Tokenizer, TokenizerConfig, load_or_train_tokenizer, train_tokenizer
 
 SMALL = TokenizerConfig(vocab_size=600, min_frequency=2)

@@ -19,10 +19,10 @@ from alignlab.config import ModelConfig, OptimizerConfig
 from alignlab.heads import CausalLM
 from alignlab.train import preference
 from alignlab.train.batches import ArrayBatches
-from alignlab.train.loop import TrainingDiverged
+from alignlab.train.fit import TrainingDiverged
 from alignlab.train.optim import make_optimizer
-from alignlab.train import run as run_module
-from alignlab.train.run import fit
+from alignlab.train import fit as run_module
+from alignlab.train.fit import fit
 from alignlab.train.step import init_state, make_train_step
 
 CFG = ModelConfig(vocab_size=61, max_seq_len=24, d_model=24, n_layers=2, n_heads=3, d_ff=40)
@@ -165,7 +165,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   graphdef, params = _model(4)
   pairs = preference.reference_logps(graphdef, params, _pairs(seed=8), prompt_len=5, batch_size=8)
   _fit(tmp_path / 'run', params, graphdef, pairs, 4)
-  with pytest.raises(TrainingDiverged, match=r'loss is nan at step 5.*last good checkpoint is step 4'):
+  with pytest.raises(TrainingDiverged, match=r'non-finite loss.*at step 5.*last finite checkpoint is step 4'):
     _fit(tmp_path / 'run', params, graphdef, pairs, 8, beta=float('nan'))
   assert Checkpointer(tmp_path / 'run' / 'checkpoints', {}).latest_step() == 4
 

@@ -79,8 +79,8 @@ class Config:
 
 # Jitted once per process: eager calls would compile every small op anew.
 _sample_pairs = jax.jit(em.sample_pairs_bt, static_argnums=(1, 4))
-_best_of_n_logp = jax.jit(em.best_of_n_logp)
-_win_rate = jax.jit(em.exact_win_rate)
+best_of_n_logp = jax.jit(em.best_of_n_logp)
+win_rate = jax.jit(em.exact_win_rate)
 _frontier = jax.jit(em.frontier)
 _mean_kl = jax.jit(lambda logp, ref_logp: em.kl(logp, ref_logp).mean())
 
@@ -207,11 +207,11 @@ def _build_reward_model(cfg: Config, env: dict, out: Path, work: Path) -> None:
 
 @functools.partial(jax.jit, static_argnames=('graphdef', 'problem'))
 def _evaluate_params(graphdef, problem, params, beta, ref_logp, r, heldout):
-  return _evaluate_logp(exact_policy_logp(graphdef, params, problem), beta, ref_logp, r, heldout)
+  return evaluate_logp(exact_policy_logp(graphdef, params, problem), beta, ref_logp, r, heldout)
 
 
 @jax.jit
-def _evaluate_logp(logp, beta, ref_logp, r, heldout):
+def evaluate_logp(logp, beta, ref_logp, r, heldout):
   m = em.exact_metrics(logp, ref_logp, r, beta)
   frontier = em.frontier_reward_at_kl(ref_logp, r, m['kl'])
   acc = em.exact_implicit_accuracy(logp, ref_logp, *heldout, beta=beta)
@@ -222,9 +222,10 @@ def _evaluate_logp(logp, beta, ref_logp, r, heldout):
           'implicit_accuracy': acc['implicit_accuracy']}
 
 
-def _row(metrics: dict, beta: float) -> dict:
+def exact_row(metrics: dict, beta: float) -> dict:
+  """A results row of `evaluate_logp`'s metrics: exact, so no sampling error."""
   row = {k: float(v) for k, v in jax.device_get(metrics).items()}
-  return {**row, 'gold_reward_stderr': 0.0, 'kl_stderr': 0.0, 'beta': float(beta)}  # exact
+  return {**row, 'gold_reward_stderr': 0.0, 'kl_stderr': 0.0, 'beta': float(beta)}
 
 
 def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
@@ -257,7 +258,7 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
 
   def evaluate(params, beta=None):
     beta = cfg.eval_beta if beta is None else beta
-    return _row(_evaluate_params(graphdef, cfg.problem, params, jnp.float32(beta), ref_logp, r,
+    return exact_row(_evaluate_params(graphdef, cfg.problem, params, jnp.float32(beta), ref_logp, r,
                                  heldout), beta)
 
   def win_rates(params):
@@ -265,16 +266,16 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
     for t in cfg.win_rate_temperatures:
       logp = exact_policy_logp(graphdef, params, cfg.problem,
                                jnp.float32(max(t, GREEDY_TEMPERATURE)))
-      rows.append({'temperature': float(t), 'win_rate': float(_win_rate(logp, ref_logp, r))})
+      rows.append({'temperature': float(t), 'win_rate': float(win_rate(logp, ref_logp, r))})
     return rows
 
   def best_of_n(n):
-    logp = _best_of_n_logp(ref_logp, r, n)
-    row = _row(_evaluate_logp(logp, jnp.float32(cfg.eval_beta), ref_logp, r, heldout),
+    logp = best_of_n_logp(ref_logp, r, n)
+    row = exact_row(evaluate_logp(logp, jnp.float32(cfg.eval_beta), ref_logp, r, heldout),
                cfg.eval_beta)
     row['kl_bound'] = float(em.best_of_n_kl_bound(n))  # Beirami et al., arXiv 2401.01879
     # Best-of-N draws its N candidates from π_ref at temperature 1.
-    return row, [{'temperature': 1.0, 'win_rate': float(_win_rate(logp, ref_logp, r))}]
+    return row, [{'temperature': 1.0, 'win_rate': float(win_rate(logp, ref_logp, r))}]
 
   @functools.cache
   def reward_model_():

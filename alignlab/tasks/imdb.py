@@ -155,6 +155,15 @@ def _build_sft(cfg: Config, tok: Tokenizer, mesh, progress: bool, out: Path, wor
   stages.copy_logs(work, out / 'run')
 
 
+def sft_stage(cfg: Config, tok: Tokenizer, mesh, *, progress: bool = True):
+  """(cache dir, graphdef, params, from_cache) of π_ref."""
+  key = sft_key(cfg, tok)
+  sft_dir, cached = stages.cached_stage(
+      'imdb_sft', key, functools.partial(_build_sft, cfg, tok, mesh, progress))
+  graphdef, like = _init_lm(cfg, tok, mesh)
+  return sft_dir, graphdef, stages.restore_params(sft_dir / 'params', like, key), cached
+
+
 def _make_sample_fn(cfg: Config, graphdef, params, k: int):
   """The pairs stage's sampler: k responses per prompt from the jitted KV-cache sampler."""
   sampling = cfg.sampling()
@@ -269,11 +278,7 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
   tok = imdb.imdb_tokenizer(cfg.tokenizer, cfg.data)
   bar.update(1)
   gold, gold_info = gold_reward(cfg, tok, mesh, progress=progress)
-  key = sft_key(cfg, tok)
-  sft_dir, sft_cached = stages.cached_stage(
-      'imdb_sft', key, functools.partial(_build_sft, cfg, tok, mesh, progress))
-  graphdef, like = _init_lm(cfg, tok, mesh)
-  ref_params = stages.restore_params(sft_dir / 'params', like, key)
+  sft_dir, graphdef, ref_params, sft_cached = sft_stage(cfg, tok, mesh, progress=progress)
   bar.update(1)
   train, heldout, dataset = _pairs(cfg, tok, graphdef, ref_params, sft_dir, gold,
                                    gold_info['name'], progress)
@@ -345,14 +350,10 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
   def best_of_n(n: int):
     """π_ref samples reranked by the learned RM (its normalized score is the proxy): the point,
     and the win rate at T = 1 against the π_ref samples of `win_rates`."""
-    tokens_BxP = jnp.repeat(tokens_NxP, n, axis=0)
-    mask_BxP = jnp.repeat(mask_NxP, n, axis=0)
-    out = sample(graphdef, ref_params, tokens_BxP, mask_BxP, jax.random.fold_in(key_eval, n),
-                 sampling)
-    proxy_NxK = np.asarray(proxy(out.tokens, out.attention_mask)).reshape(-1, n)
-    best_N = np.arange(len(proxy_NxK)) * n + proxy_NxK.argmax(-1)
-    host = [np.asarray(x)[best_N] for x in (out.tokens, out.attention_mask, out.response_mask)]
-    gold_N = env['gold'](*host).astype(np.float64)
+    kept, proxy_NxK = evaluate.best_of_n_samples(
+        graphdef, ref_params, tokens_NxP, mask_NxP, jax.random.fold_in(key_eval, n), sampling, n,
+        lambda tokens, attention_mask, response_mask: proxy(tokens, attention_mask))
+    gold_N = env['gold'](kept.tokens, kept.attention_mask, kept.response_mask).astype(np.float64)
     kl = math.log(n) - (n - 1) / n
     point = {**evaluate.mean_stderr('gold_reward', gold_N), 'kl': kl, 'kl_stderr': 0.0,
              'kl_k1': kl, 'kl_k3': kl, 'proxy_reward': float(proxy_NxK.max(-1).mean()),

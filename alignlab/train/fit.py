@@ -199,8 +199,13 @@ def _common_step(ckpts: list[Checkpointer]) -> int:
   return max(common) if common else 0
 
 
-def mark_failed(run_dir: Path, step: int, reason: str) -> None:
-  (Path(run_dir) / FAILED).write_text(json.dumps({'step': step, 'reason': reason}))
+def mark_failed(run_dir: Path, record: dict) -> None:
+  (Path(run_dir) / FAILED).write_text(json.dumps(record))
+
+
+def diverged_message(desc: str, record: dict, run_dir: str | Path) -> str:
+  return (f'{desc}: {record["reason"]} at step {record["step"]}; the last finite checkpoint is '
+          f'step {record["last_checkpoint"]} in {Path(run_dir) / "checkpoints"}')
 
 
 def failure(run_dir: str | Path) -> dict | None:
@@ -256,8 +261,9 @@ def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_st
 
     def fail(r: int, step: int, reason: str) -> None:
       if failed[r] is None:
-        failed[r] = {'step': step, 'reason': reason}
-        mark_failed(run_dirs[r], step, reason)
+        ckpts[r].wait()
+        failed[r] = {'step': step, 'reason': reason, 'last_checkpoint': ckpts[r].latest_step()}
+        mark_failed(run_dirs[r], failed[r])
         tqdm.write(f'{desc}: run {run_dirs[r].name} failed at step {step}: {reason}')
 
     def evaluate(step):
@@ -304,10 +310,13 @@ def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_st
           if failed[r] is not None:
             continue
           row = {k: float(v[r]) for k, v in host.items()}
-          _append(path, done, row)
           if (oks is not None and not oks[r]) or not math.isfinite(row['loss']):
             fail(r, done, f'non-finite loss or gradient (loss {row["loss"]})')
-        bar.set_postfix(loss=f'{np.nanmean(host["loss"]):.4f}')
+          else:
+            _append(path, done, row)
+        finite_loss = host['loss'][np.isfinite(host['loss'])]
+        if finite_loss.size:
+          bar.set_postfix(loss=f'{finite_loss.mean():.4f}')
       bar.update(1)
       if all(f is not None for f in failed):
         break
@@ -437,7 +446,5 @@ def fit(loss_fn: Callable, params: Any, batch_at: Callable[[int], dict], *,
       eval_every=eval_every, log_every=log_every, desc=desc, progress=progress,
       stop_after=stop_after)
   if failed[0] is not None:
-    raise TrainingDiverged(
-        f'{desc}: {failed[0]["reason"]} at step {failed[0]["step"]}; the last finite checkpoint '
-        f'is kept in {Path(run_dir) / "checkpoints"}')
+    raise TrainingDiverged(diverged_message(desc, failed[0], run_dir))
   return run_state(state_R, 0)

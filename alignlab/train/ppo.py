@@ -49,7 +49,7 @@ from alignlab.losses.ppo import (adaptive_kl_update, gae, grpo_advantages, kl_k1
                                  masked_mean, masked_whiten, per_token_rewards, ppo_policy_loss,
                                  ppo_value_loss, rloo_advantages)
 from alignlab.sampling import sample
-from alignlab.train.fit import TrainingDiverged, loop
+from alignlab.train.fit import TrainingDiverged, diverged_message, loop
 from alignlab.train.optim import apply_updates, make_optimizer
 from alignlab.train.rollout import (GoldReward, RewardModel, Rollout, check_sampling,
                                     evaluate_samples, logps_from_response_logits,
@@ -461,6 +461,5 @@ def train_ppo(cfg: PPOConfig, policy: tuple[Any, dict], ref_params: dict,
         eval_fn=None if eval_fn is None else (lambda st, step: [eval_fn(st, step)]),
         eval_every=eval_every, desc=f'{cfg.algorithm}', progress=progress, stop_after=stop_after)
   if failed[0] is not None:
-    raise TrainingDiverged(f'{cfg.algorithm}: {failed[0]["reason"]} at step {failed[0]["step"]}; '
-                           f'the last finite checkpoint is kept in {Path(run_dir) / "checkpoints"}')
+    raise TrainingDiverged(diverged_message(cfg.algorithm, failed[0], run_dir))
   return state

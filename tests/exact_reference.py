@@ -18,11 +18,11 @@ from flax import nnx
 
 from alignlab import sharding
 from alignlab.config import ModelConfig, OptimizerConfig
-from alignlab.data import exact
+from alignlab.tasks import exact_math as exact
 from alignlab.heads import CausalLM
 from alignlab.train import sft
 from alignlab.train.batches import ArrayBatches
-from alignlab.train.run import fit
+from alignlab.train.fit import fit
 
 
 def policy_model_config(cfg: exact.ExactTaskConfig, **overrides) -> ModelConfig:
