@@ -41,7 +41,7 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from alignlab.artifacts import write_text_atomic
+from alignlab.artifacts import TMP_PREFIX, write_text_atomic
 from alignlab.config import config_hash, to_dict
 
 RESULT_COLUMNS = ('method', 'hparam', 'hparam_value', 'seed', 'step', 'gold_reward',
@@ -160,13 +160,15 @@ def run_name(method: str, hparams: dict[str, Any], seed: int) -> str:
 def prepare_run(out_dir: str | Path, method: str, hparams: dict[str, Any], seed: int,
                 config: Any, *, experiment: str = '') -> Path:
   """Creates (or checks) the run dir and its config.json. A run dir made by another config
-  is an error: resuming it would mix two experiments."""
+  is an error: resuming it would mix two experiments. One that holds nothing but its
+  config.json (a start that failed before any result) is taken over by the new config, so
+  it never blocks the corrected command."""
   record = {'experiment': experiment, 'method': method, 'hparams': dict(hparams), 'seed': seed,
             'config': to_dict(config)}
   record['config_hash'] = config_hash(record)
   run = Path(out_dir) / run_name(method, hparams, seed)
   path = run / 'config.json'
-  if path.exists():
+  if path.exists() and not _holds_nothing(run):
     saved = _read_json(path)
     if saved.get('config_hash') != record['config_hash']:
       raise RunDirError(f'{run} was made by another config (hash {saved.get("config_hash")} ≠ '
@@ -175,6 +177,13 @@ def prepare_run(out_dir: str | Path, method: str, hparams: dict[str, Any], seed:
   run.mkdir(parents=True, exist_ok=True)
   write_text_atomic(path, json.dumps(record, indent=1, default=str))
   return run
+
+
+def _holds_nothing(run: Path) -> bool:
+  """Whether a run dir has no file but its config.json, its lock and temp files (empty
+  subdirectories, such as a checkpoints/ no save reached, do not count)."""
+  return all(p.name in ('config.json', LOCK_FILE) or p.name.startswith(TMP_PREFIX)
+             for p in run.rglob('*') if not p.is_dir())
 
 
 def _read_json(path: Path) -> Any:

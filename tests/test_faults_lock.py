@@ -110,11 +110,34 @@ def test_torn_eval_line_is_one_line_naming_file_and_line(tmp_path):
 
 def test_empty_config_json_is_one_line_naming_it(tmp_path):
   run = _run(tmp_path)
+  (run / 'metrics.jsonl').write_text('{"step": 1, "loss": 0.5}\n')
   (run / 'config.json').write_text('')
   with pytest.raises(RunDirError, match=f'^{run / "config.json"} is not valid JSON.*delete'):
     _run(tmp_path)
   with pytest.raises(RunDirError, match='config.json is not valid JSON'):
     runs.collect_results(tmp_path / 'out')
+
+
+def _prepare(tmp_path, lr):
+  return runs.prepare_run(tmp_path / 'out', 'dpo', {'beta': 0.1}, 0, {'lr': lr})
+
+
+def test_failed_start_does_not_block_the_corrected_command(tmp_path):
+  run = _prepare(tmp_path, 1e9)  # a start that failed before any result
+  (run / 'checkpoints').mkdir()
+  assert _prepare(tmp_path, 1e-3) == run
+  assert json.loads((run / 'config.json').read_text())['config']['lr'] == 1e-3
+  (run / 'config.json').write_text('')  # torn by a crash, and still nothing to lose
+  assert _prepare(tmp_path, 1e-3) == run
+
+
+def test_run_dir_with_results_of_another_config_is_refused(tmp_path):
+  run = _prepare(tmp_path, 1e-3)
+  (run / 'checkpoints' / '10').mkdir(parents=True)
+  (run / 'checkpoints' / '10' / 'commit_success.txt').write_text('')
+  with pytest.raises(RunDirError, match='made by another config'):
+    _prepare(tmp_path, 2e-3)
+  assert json.loads((run / 'config.json').read_text())['config']['lr'] == 1e-3
 
 
 def test_done_json_is_absent_when_writing_it_fails(tmp_path, monkeypatch):
