@@ -54,6 +54,15 @@ class ModelConfig:
   dtype: str = 'float32'  # activation dtype; fp32 is fastest on XLA:CPU, bf16 for GPU/TPU
   param_dtype: str = 'float32'
   init_std: float = 0.02
+  # Attention kernel for multi-token passes (training, scoring, prefill): 'fused' is
+  # `jax.nn.dot_product_attention` (the backend picks the kernel, e.g. cuDNN on GPU), 'einsum'
+  # the explicit einsum + softmax, 'auto' fused on GPU/TPU and einsum on CPU. One-token decode
+  # steps always use the einsum, which reads the head-major KV cache without a copy.
+  attention: str = 'auto'
+  remat: bool = False  # recompute each block's activations in the backward pass (less memory)
+  # Response positions per chunk when computing log-probs: the float32 BxTxV logits are then
+  # never materialized whole (each chunk is recomputed in the backward pass). 0: one chunk.
+  logits_chunk: int = 0
   # Ids the LM never emits (their logits are −1e9): pad, or the exact task's prompt tokens, so
   # that every distribution the policy defines is over the tokens it may actually produce.
   masked_output_ids: tuple[int, ...] = ()
@@ -80,6 +89,8 @@ class ModelConfig:
     if self.n_kv_heads < 0 or self.n_heads % self.kv_heads:
       raise ConfigError(f'model.n_heads={self.n_heads} is not divisible by '
                         f'model.n_kv_heads={self.n_kv_heads}')
+    if self.logits_chunk < 0:
+      raise ConfigError(f'model.logits_chunk={self.logits_chunk} must be ≥ 0 (0: no chunking)')
     if self.max_seq_len < 1:
       raise ConfigError(f'model.max_seq_len={self.max_seq_len} must be ≥ 1')
     if self.rope_scaling not in ('none', 'linear', 'llama3'):
@@ -92,6 +103,7 @@ class ModelConfig:
                         f'model.rope_low_freq_factor={self.rope_low_freq_factor}')
     for key, value, allowed in (('norm', self.norm, ('layernorm', 'rmsnorm')),
                                 ('mlp', self.mlp, ('gelu', 'swiglu')),
+                                ('attention', self.attention, ('auto', 'fused', 'einsum')),
                                 ('positions', self.positions, ('learned', 'rope'))):
       if value not in allowed:
         raise ConfigError(f'model.{key}={value!r}; expected one of {allowed}')

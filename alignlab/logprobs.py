@@ -22,6 +22,32 @@ def gather_logprobs(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Arra
   return target_BxT - jax.nn.logsumexp(logits_BxTxV, axis=-1)
 
 
+def response_logprobs(model, hidden_BxRxD: jax.Array, targets_BxR: jax.Array) -> jax.Array:
+  """`gather_logprobs(model.logits(hidden_BxRxD), targets_BxR)` of a `CausalLM`.
+
+  With `model.cfg.logits_chunk` = C > 0 the R positions are processed C at a time (`lax.map`),
+  each chunk under `jax.checkpoint`: the float32 B×R×V logits are never materialized whole,
+  forward or backward, only B×C×V at a time (the LM head is recomputed per chunk in the
+  backward pass). At GPT-2's vocabulary that is 100 MB per 512-token sequence otherwise.
+  """
+  c = model.cfg.logits_chunk
+  b, r, d = hidden_BxRxD.shape
+  if not c or c >= r:
+    return gather_logprobs(model.logits(hidden_BxRxD), targets_BxR)
+  pad = (-r) % c
+  n = (r + pad) // c
+  hidden_NxBxCxD = jnp.pad(hidden_BxRxD, ((0, 0), (0, pad), (0, 0))).reshape(b, n, c, d).swapaxes(0, 1)
+  targets_NxBxC = jnp.pad(targets_BxR, ((0, 0), (0, pad))).reshape(b, n, c).swapaxes(0, 1)
+  head_DxV = model.head_weights()
+
+  @jax.checkpoint
+  def chunk(hidden_BxCxD, targets_BxC):
+    return gather_logprobs(model.logits(hidden_BxCxD, head_DxV), targets_BxC)
+
+  logps_NxBxC = jax.lax.map(lambda xs: chunk(*xs), (hidden_NxBxCxD, targets_NxBxC))
+  return logps_NxBxC.swapaxes(0, 1).reshape(b, n * c)[:, :r]
+
+
 def token_logprobs(logits_BxTxV: jax.Array, tokens_BxT: jax.Array,
                    response_mask_BxT: jax.Array) -> jax.Array:
   """logps_BxT[:, t] = log p(tokens[t] | tokens[<t]) on response tokens, 0 elsewhere."""
@@ -42,8 +68,8 @@ def sequence_logprobs(model, tokens_BxT: jax.Array, attention_mask_BxT: jax.Arra
   if response_start < 1:
     raise ValueError(f'response_start must be ≥ 1, got {response_start}')
   hidden_BxTxD = model.hidden(tokens_BxT, attention_mask_BxT)
-  logits_BxRxV = model.logits(hidden_BxTxD[:, response_start - 1:-1])
-  logps_BxR = gather_logprobs(logits_BxRxV, tokens_BxT[:, response_start:])
+  logps_BxR = response_logprobs(model, hidden_BxTxD[:, response_start - 1:-1],
+                                tokens_BxT[:, response_start:])
   logps_BxT = jnp.pad(logps_BxR, ((0, 0), (response_start, 0)))
   return logps_BxT * response_mask_BxT.astype(logps_BxT.dtype)
 
@@ -76,7 +102,7 @@ def shared_prompt_logprobs(model, tokens_2BxT: jax.Array, attention_mask_2BxT: j
   last_prompt_2Bx1xD = jnp.concatenate([prompt_hidden_BxPxD[:, -1:]] * 2, axis=0)
   # Position p − 1 predicts token p; response positions p … T − 2 predict p + 1 … T − 1.
   hidden_2BxRxD = jnp.concatenate([last_prompt_2Bx1xD, response_hidden_2BxRxD[:, :-1]], axis=1)
-  logps_2BxR = gather_logprobs(model.logits(hidden_2BxRxD), tokens_2BxT[:, p:])
+  logps_2BxR = response_logprobs(model, hidden_2BxRxD, tokens_2BxT[:, p:])
   logps_2BxT = jnp.pad(logps_2BxR, ((0, 0), (p, 0)))
   return logps_2BxT * response_mask_2BxT.astype(logps_2BxT.dtype)
 

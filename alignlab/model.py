@@ -145,6 +145,13 @@ def rope(x_BxTxHxK: jax.Array, positions_BxT: jax.Array, theta: float,
   return out.astype(x_BxTxHxK.dtype)
 
 
+def use_fused_attention(cfg: ModelConfig) -> bool:
+  """Whether multi-token passes use `jax.nn.dot_product_attention` (`cfg.attention`)."""
+  if cfg.attention == 'auto':
+    return jax.default_backend() in ('gpu', 'tpu')
+  return cfg.attention == 'fused'
+
+
 class Attention(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -212,6 +219,13 @@ class Attention(nnx.Module):
       keys, values, kv_layout = k_BxGxSxK, v_BxGxSxK, 'bgsk'
     else:
       keys, values, kv_layout = k_BxTxGxK, v_BxTxGxK, 'bsgk'
+    if t > 1 and use_fused_attention(cfg):
+      if cache is not None:  # the kernel takes sequence-major keys: one copy per pass, not per step
+        keys, values = keys.transpose(0, 2, 1, 3), values.transpose(0, 2, 1, 3)
+      out_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, keys, values,
+                                                 mask=mask_BxTxS[:, None],
+                                                 scale=1 / math.sqrt(cfg.head_dim))
+      return self._output(out_BxTxHxK), cache
     # Query head g·Q + q reads key/value head g (the grouping of Ainslie et al. 2023 and of
     # Hugging Face's `repeat_kv`); with G = H this is multi-head attention, Q = 1.
     q_BxTxGxQxK = q_BxTxHxK.reshape(b, t, g, h // g, kd)
@@ -220,11 +234,14 @@ class Attention(nnx.Module):
     scores_BxGxQxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxGxQxTxS, _NEG_INF)
     probs_BxGxQxTxS = jax.nn.softmax(scores_BxGxQxTxS, axis=-1).astype(dtype)
     out_BxTxGxQxK = jnp.einsum(f'bgqts,{kv_layout}->btgqk', probs_BxGxQxTxS, values)
-    out_BxTxHxK = out_BxTxGxQxK.reshape(b, t, h, kd)
+    return self._output(out_BxTxGxQxK.reshape(b, t, h, kd)), cache
+
+  def _output(self, out_BxTxHxK: jax.Array) -> jax.Array:
+    dtype = out_BxTxHxK.dtype
     out_BxTxD = jnp.einsum('bthk,hkd->btd', out_BxTxHxK, _cast(self.w_out, dtype))
-    if cfg.use_bias:
+    if self.cfg.use_bias:
       out_BxTxD = out_BxTxD + _cast(self.b_out, dtype)
-    return out_BxTxD, cache
+    return out_BxTxD
 
 
 class Mlp(nnx.Module):
@@ -298,9 +315,13 @@ class Transformer(nnx.Module):
       x_BxTxD = x_BxTxD + jnp.take(self.pos_embed[...], positions_BxT, axis=0).astype(dtype)
     x_BxTxD = constrain(x_BxTxD, ('batch', None, None))
     new_cache = [] if cache is not None else None
+    # Remat (Chen et al. 2016, arXiv 1604.06174): a block keeps only its input for the
+    # backward pass and recomputes the rest, so activation memory is one block's, not L's.
+    run = nnx.remat(lambda block, *args: block(*args)) if self.cfg.remat else (
+        lambda block, *args: block(*args))
     for i, block in enumerate(self.blocks):
-      x_BxTxD, layer_cache = block(x_BxTxD, positions_BxT, mask_BxTxS,
-                                   None if cache is None else cache[i], cache_index)
+      x_BxTxD, layer_cache = run(block, x_BxTxD, positions_BxT, mask_BxTxS,
+                                 None if cache is None else cache[i], cache_index)
       if cache is not None:
         new_cache.append(layer_cache)
     return self.norm_final(x_BxTxD), new_cache
