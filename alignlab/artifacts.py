@@ -26,6 +26,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import uuid
@@ -214,6 +215,8 @@ _ADVICE = {
                    '$ALIGNLAB_CACHE at another disk) and run the same command again to resume'),
     errno.EDQUOT: ('disk quota exceeded', 'free some space or raise the quota, then run the same '
                    'command again to resume'),
+    errno.EFBIG: ('file too large for this file system or its size limit (ulimit -f)',
+                  'raise the limit or choose another disk, then run the same command again'),
     errno.EACCES: ('permission denied', 'fix its permissions or choose a location you can write'),
     errno.EPERM: ('operation not permitted', 'fix its permissions or choose a location you can '
                   'write'),
@@ -224,21 +227,38 @@ _ADVICE = {
     errno.EEXIST: ('already exists', 'remove or rename it, or choose another path'),
     errno.EISDIR: ('is a directory where a file is expected', 'choose a file path'),
 }
+# Errors libraries report only as text (tensorstore: `... No space left on device
+# [os_error_code='28']`); only codes that are about the disk, never about our own logic.
+_TEXT_CODES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EROFS)
+_CODE_IN_TEXT = re.compile(r"os_error_code='(\d+)'|\[Errno (\d+)\]")
+_PATH_IN_TEXT = re.compile(r'"(/[^"]+)"|\'(/[^\']+)\'')
 _TEXT_ERRNOS = {'No space left on device': errno.ENOSPC, 'Disk quota exceeded': errno.EDQUOT}
 
 
+def _errno_in_text(text: str) -> tuple[int, str | None] | None:
+  """(errno, the last absolute path quoted) of an I/O failure described in an error message;
+  the last path is the most specific (tensorstore names the database, then the file)."""
+  codes = [int(a or b) for a, b in _CODE_IN_TEXT.findall(text)]
+  codes += [code for phrase, code in _TEXT_ERRNOS.items() if phrase in text]
+  code = next((c for c in codes if c in _TEXT_CODES), None)
+  if code is None:
+    return None
+  paths = [a or b for a, b in _PATH_IN_TEXT.findall(text)]
+  return code, paths[-1] if paths else None
+
+
 def _io_errno(exc: BaseException) -> tuple[int, str | None] | None:
-  """(errno, file name) of the user-fixable OSError behind `exc`, following `raise ... from`
-  and implicit chaining: libraries (orbax, tensorstore) wrap a full disk in their own errors,
-  sometimes only as text."""
+  """(errno, file name) of the user-fixable I/O failure behind `exc`, following `raise ...
+  from` and implicit chaining: libraries (orbax, tensorstore) wrap a full disk in their own
+  errors, sometimes only as text."""
   seen = set()
   while exc is not None and id(exc) not in seen:
     seen.add(id(exc))
     if isinstance(exc, OSError) and exc.errno in _ADVICE:
       return exc.errno, exc.filename
-    for text, code in _TEXT_ERRNOS.items():
-      if text in str(exc):
-        return code, None
+    found = _errno_in_text(str(exc))
+    if found is not None:
+      return found
     exc = exc.__cause__ or exc.__context__
   return None
 

@@ -39,6 +39,7 @@ from typing import Any, Iterator
 import jax
 import orbax.checkpoint as ocp
 
+from alignlab.artifacts import user_io_error
 from alignlab.config import ConfigError, to_dict
 
 
@@ -140,6 +141,20 @@ def _step_complete(step_dir: Path) -> bool:
   written or was cut short."""
   return (step_dir / 'state').is_dir() and (step_dir / 'config').is_dir() and _committed(step_dir)
 
+
+class _QuietUserIOErrors(logging.Filter):
+  """Drops orbax's logged tracebacks of a save that failed for a reason the user can fix (a
+  full disk, no permission): the same error reaches the caller of `save` / `close`, which
+  reports it in one line (`artifacts.user_io_error`) instead of a screen per thread."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    if error is None and record.args:
+      error = next((a for a in record.args if isinstance(a, BaseException)), None)
+    return error is None or user_io_error(error) is None
+
+
+logging.getLogger('absl').addFilter(_QuietUserIOErrors())
 
 _unclosed: 'weakref.WeakSet[Checkpointer]' = weakref.WeakSet()
 
@@ -249,10 +264,15 @@ class Checkpointer:
     """Waits for the last save to finish (its errors propagate) and closes; idempotent."""
     if self._closed:
       return
-    self.manager.wait_until_finished()
-    self.manager.close()
     self._closed = True
     _unclosed.discard(self)
+    try:
+      self.manager.wait_until_finished()
+    except BaseException:
+      with contextlib.suppress(Exception):  # it re-raises the failed save's error
+        self.manager.close()
+      raise
+    self.manager.close()
 
   def abort(self, timeout: float = ABORT_WAIT_S) -> bool:
     """Closes on a failure path without hanging: waits at most `timeout` s for an in-flight
@@ -272,9 +292,10 @@ class Checkpointer:
       except BaseException as e:  # noqa: BLE001 (reported below, never raised)
         errors.append(e)
 
+    in_flight = self.manager.is_saving_in_progress()
     waiter = threading.Thread(target=finish, name='checkpoint-abort', daemon=True)
     waiter.start()
-    waiter.join(timeout)
+    waiter.join(timeout if in_flight else None)  # with no save in flight, closing is quick
     if waiter.is_alive() or errors:
       # Orbax's threads fail noisily once the interpreter shuts down under them; the one
       # line below says all that matters.

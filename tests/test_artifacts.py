@@ -167,6 +167,11 @@ def test_wrapped_disk_full_is_found_behind_library_errors(tmp_path):
   except RuntimeError as e:
     chained = e
   assert user_io_error(chained).startswith('/ckpt/3/state: no space left')
+  tensorstore = ValueError(
+      'OUT_OF_RANGE: Error writing "w/0.0.0" in OCDBT database at local file "/ckpt/3/state/": '
+      'Failed writing: "/ckpt/3/state/d/836e": Failed to write 14458880 bytes to file 11: No '
+      "space left on device [os_error_code='28']")
+  assert user_io_error(tensorstore).startswith('/ckpt/3/state/d/836e: no space left')
   text_only = ValueError('UNKNOWN: Error writing "d/abc": [Errno 28] No space left on device')
   assert user_io_error(text_only, tmp_path) == (
       f'{tmp_path}: no space left on the device; free some space (or point --out / '
@@ -199,4 +204,6 @@ def test_permission_denied_is_one_line():
 
 def test_internal_errors_are_not_user_io_errors():
   assert user_io_error(ValueError('shapes (3,) and (4,) do not match')) is None
+  # A missing file named only in a library's text may be our own bug: it keeps its traceback.
+  assert user_io_error(ValueError('NOT_FOUND: "/ckpt/3/x" [os_error_code=\'2\']')) is None
   assert user_io_error(OSError(errno.EBADF, 'Bad file descriptor')) is None

@@ -125,6 +125,7 @@ def test_abort_abandons_a_hanging_save_within_its_timeout(tmp_path, monkeypatch,
   ckpt = Checkpointer(tmp_path / 'ckpt', {})
   ckpt.save(1, _state(1, mb=1))
   ckpt.wait()
+  monkeypatch.setattr(ckpt.manager, 'is_saving_in_progress', lambda: True)
   monkeypatch.setattr(ckpt.manager, 'wait_until_finished', lambda: time.sleep(30))
   start = time.monotonic()
   assert ckpt.abort(timeout=0.5) is False
@@ -132,3 +133,36 @@ def test_abort_abandons_a_hanging_save_within_its_timeout(tmp_path, monkeypatch,
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1
   assert 'abandoned' in err and str(tmp_path / 'ckpt') in err and 'step 1' in err
+
+
+# A write that the file system refuses, as a full disk does (here: a 1 MB file-size limit,
+# EFBIG, which needs no root and no tmpfs), through orbax and tensorstore.
+_REFUSED = textwrap.dedent('''
+    import resource, signal, sys
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails: EFBIG
+    import jax
+    from alignlab.artifacts import user_io_error
+    from alignlab.checkpoint import Checkpointer
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+    try:
+      with Checkpointer(sys.argv[1], {}) as ckpt:
+        ckpt.save(1, {'w': jax.random.normal(jax.random.key(0), (1024, 1024))})
+    except Exception as e:
+      line = user_io_error(e)
+      if line is None:
+        raise
+      print(f'alignlab: error: {line}', file=sys.stderr)
+      sys.exit(2)
+''')
+
+
+def test_refused_write_during_a_save_is_one_line_naming_the_file(tmp_path):
+  proc = subprocess.run([sys.executable, '-c', _REFUSED, str(tmp_path / 'ckpt')],
+                        capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 2, proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1, proc.stderr
+  assert lines[0].startswith(f'alignlab: error: {tmp_path / "ckpt"}/1.orbax-checkpoint-tmp/')
+  assert 'file too large' in lines[0]
+  with Checkpointer(tmp_path / 'ckpt', {}) as fresh:
+    assert fresh.latest_step() is None
