@@ -10,6 +10,7 @@ manifest of its files' sizes and checksums, written last, and is checked against
       write_files(tmp)
     problems = verify(target)            # [] when intact, else one line per problem
     path = ensure(target, build)         # verify, or (re)build with a one-line note
+    path = require(target)               # verify, or ArtifactError naming the damage
 
     write_text_atomic(path, text)        # a reader sees the old file or the new one
     line = user_io_error(exc)            # 'PATH: no space left on the device; ...' or None
@@ -49,8 +50,8 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 def _files(directory: Path) -> list[Path]:
   """Every regular file under `directory` but the manifest itself, in a stable order."""
-  return sorted(p for p in directory.rglob('*')
-                if p.is_file() and not p.is_symlink() and p.relative_to(directory).as_posix() != MANIFEST)
+  return sorted(p for p in directory.rglob('*') if p.is_file() and not p.is_symlink()
+                and p.relative_to(directory).as_posix() != MANIFEST)
 
 
 def manifest_of(directory: str | os.PathLike[str]) -> dict[str, dict]:
@@ -186,8 +187,23 @@ def discard(target: str | os.PathLike[str]) -> None:
   shutil.rmtree(trash, ignore_errors=True)
 
 
+class ArtifactError(ValueError):
+  """An artifact that is missing or damaged and cannot be rebuilt here."""
+
+
 def _summary(problems: list[str]) -> str:
   return problems[0] + (f' (+{len(problems) - 1} more)' if len(problems) > 1 else '')
+
+
+def require(target: str | os.PathLike[str], *, checksums: bool = True) -> Path:
+  """`target` if it is intact; else an ArtifactError, one line naming the damage, for an
+  artifact no stage here can rebuild (one the user supplied)."""
+  target = Path(target)
+  problems = verify(target, checksums=checksums)
+  if problems:
+    raise ArtifactError(f'{_summary(problems)}; restore {target} from its source, or delete it '
+                        'to have it rebuilt')
+  return target
 
 
 def ensure(target: str | os.PathLike[str], build: Callable[[Path], None], *,

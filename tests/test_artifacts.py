@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from alignlab import artifacts
-from alignlab.artifacts import MANIFEST, atomic_dir, ensure, user_io_error, verify, write_manifest
+from alignlab.artifacts import (MANIFEST, ArtifactError, atomic_dir, ensure, require, user_io_error,
+                                verify, write_manifest)
 from alignlab.checkpoint import restore_params, save_params
 from alignlab.data import cache
 from alignlab.runs import lock_dir
@@ -43,7 +44,7 @@ def _truncate(path):
 
 def _alter(path):
   data = bytearray(path.read_bytes())
-  data[500] ^= 1
+  data[len(data) // 2] ^= 1
   path.write_bytes(bytes(data))
 
 
@@ -128,6 +129,18 @@ def test_ensure_builds_once_and_rebuilds_a_damaged_entry(tmp_path, capsys):
   assert len(err.splitlines()) == 1
   assert err.startswith(f'alignlab: rebuilding {target}: {target / "params.npz"}: truncated')
   assert sorted(p.name for p in target.parent.iterdir()) == ['abc']
+
+
+def test_require_names_the_damage_in_one_line(tmp_path):
+  entry = _entry(tmp_path / 'entry')
+  write_manifest(entry)
+  assert require(entry) == entry
+  _alter(entry / 'sub' / 'key.json')
+  with pytest.raises(ArtifactError) as info:
+    require(entry)
+  message = str(info.value)
+  assert '\n' not in message
+  assert message.startswith(f'{entry / "sub" / "key.json"}: altered (sha256 differs')
 
 
 def test_restoring_a_checkpoint_artifact_leaves_it_intact(tmp_path):
