@@ -4,13 +4,13 @@ Prints one JSON object. Two measurements, compile time always apart:
 
 - `core`: the train step alone. Sequential: one jitted single-run step (β traced, so it
   compiles once and serves every run), R runs × `steps` calls. One program over the run axis
-  (`sweep.make_sweep_step`), `steps` calls: `vectorized_vmap` vmaps all R runs,
-  `one_program_chunk1` maps over the runs one at a time inside the program (fit_sweep's
+  (`train.fit.make_runs_step`), `steps` calls: `vectorized_vmap` vmaps all R runs,
+  `one_program_chunk1` maps over the runs one at a time inside the program (fit_runs'
   default on XLA:CPU). All gather their batch from the same device-resident pairs by index
   inside the program, so the only difference is how the runs are laid out. `compile_s` is
   `jit(...).lower(...).compile()`, once per program; `run_s` times the steps after one warm-up
   call (blocking on the result), in `--rounds` interleaved rounds (min / median / max).
-- `api` (with --api): what a user runs, end to end in one process: `fit` R times vs `fit_sweep`
+- `api` (with --api): what a user runs, end to end in one process: `fit` R times vs `fit_runs`
   once (compile, checkpoint at the end, metrics files included), `--api-rounds` rounds, each
   from cleared JAX caches. Separate processes would pay the compile R times
   (`core.sequential.compile_s` × R).
@@ -33,14 +33,15 @@ import jax.numpy as jnp
 import numpy as np
 
 import bench_common
-from alignlab import sharding, sweep
+from alignlab import sharding
 from alignlab.config import MeshConfig, ModelConfig, OptimizerConfig
-from alignlab.data import exact
 from alignlab.heads import CausalLM
+from alignlab.tasks import exact_math as exact
+from alignlab.train import fit as fit_lib
 from alignlab.train import preference
 from alignlab.train.batches import ArrayBatches
+from alignlab.train.fit import fit
 from alignlab.train.optim import make_optimizer
-from alignlab.train.run import fit
 from alignlab.train.step import init_state, make_train_step
 
 
@@ -83,7 +84,7 @@ def core(args, graphdef, params, pairs) -> dict:
   tx = make_optimizer(opt)
   step = make_train_step(preference.make_loss_fn(graphdef, 'dpo', prompt_len=1), tx)
   data = jax.device_put({k: jnp.asarray(v) for k, v in pairs.items()})
-  batches = sweep.SweepBatches(pairs, args.batch, list(range(args.runs)))
+  batches = fit_lib.RunBatches(pairs, args.batch, list(range(args.runs)))
   indices = [jnp.asarray(batches.indices(i)) for i in range(args.steps + 1)]
   mesh = sharding.make_mesh(MeshConfig.single(), jax.devices()[:1])
 
@@ -100,12 +101,12 @@ def core(args, graphdef, params, pairs) -> dict:
   state = init_state(params, tx, jax.random.key(0))
   seq_compiled, seq_compile = _timed(lambda: seq_jit.lower(state, data, indices[0][0], hp_of(0)).compile())
   # One program over the run axis: every run in one vmap, and one run at a time inside the
-  # program (`runs_per_chunk=1`, the XLA:CPU default of fit_sweep).
+  # program (`runs_per_chunk=1`, the XLA:CPU default of fit_runs).
   modes = {'vectorized_vmap': None, 'one_program_chunk1': 1}
   compiled, compile_s = {}, {}
   for name, chunk in modes.items():
-    state_R, _, _ = sweep.init_sweep_state(params, tx, list(range(args.runs)), mesh)
-    vec_jit = jax.jit(sweep.make_sweep_step(step, gather=True, runs_per_chunk=chunk),
+    state_R, _, _ = fit_lib.init_runs_state(params, tx, list(range(args.runs)), mesh)
+    vec_jit = jax.jit(fit_lib.make_runs_step(step, gather=True, runs_per_chunk=chunk),
                       donate_argnums=(0,))
     compiled[name], compile_s[name] = _timed(
         lambda: vec_jit.lower(state_R, data, indices[0], hp_R, {}).compile())
@@ -123,7 +124,7 @@ def core(args, graphdef, params, pairs) -> dict:
     return total
 
   def run_program(name) -> float:
-    state_R, _, _ = sweep.init_sweep_state(params, tx, list(range(args.runs)), mesh)
+    state_R, _, _ = fit_lib.init_runs_state(params, tx, list(range(args.runs)), mesh)
     state_R, _ = jax.block_until_ready(compiled[name](state_R, data, indices[0], hp_R, {}))
     t0 = time.perf_counter()
     for i in range(1, args.steps + 1):
@@ -146,7 +147,7 @@ def core(args, graphdef, params, pairs) -> dict:
 
 
 def api(args, mesh, graphdef, params, pairs) -> dict:
-  """`fit` R times vs `fit_sweep` once, per round; every round starts from cleared JAX caches
+  """`fit` R times vs `fit_runs` once, per round; every round starts from cleared JAX caches
   (`jax.clear_caches()`), so each pays its compiles as a fresh process would."""
   betas = [float(b) for b in np.geomspace(0.05, 5.0, args.runs)]
   opt = OptimizerConfig(learning_rate=1e-3)
@@ -163,15 +164,16 @@ def api(args, mesh, graphdef, params, pairs) -> dict:
       seq_s.append(time.perf_counter() - t0)
       jax.clear_caches()
       t0 = time.perf_counter()
-      state = sweep.fit_sweep(loss_fn, params, sweep.SweepBatches(pairs, args.batch, list(range(args.runs))),
-                              {'beta': betas}, optimizer=opt, n_steps=args.steps,
-                              run_dirs=[f'{tmp}/sweep{r}' for r in range(args.runs)],
-                              configs=[{'beta': b} for b in betas], mesh=mesh, progress=False)
+      state, _ = fit_lib.fit_runs(
+          loss_fn, params, fit_lib.RunBatches(pairs, args.batch, list(range(args.runs))),
+          {'beta': betas}, optimizer=opt, n_steps=args.steps,
+          run_dirs=[f'{tmp}/sweep{r}' for r in range(args.runs)],
+          configs=[{'beta': b} for b in betas], mesh=mesh, progress=False)
       jax.block_until_ready(state)
       vec_s.append(time.perf_counter() - t0)
-  return {'fit_one_after_another_s': seq_s, 'fit_sweep_s': vec_s,
+  return {'fit_one_after_another_s': seq_s, 'fit_runs_s': vec_s,
           'fit_one_after_another_stats': bench_common.stats(seq_s),
-          'fit_sweep_stats': bench_common.stats(vec_s),
+          'fit_runs_stats': bench_common.stats(vec_s),
           'speedup': statistics.median(seq_s) / statistics.median(vec_s),
           'speedup_per_round': bench_common.stats([a / b for a, b in zip(seq_s, vec_s)])}
 
@@ -186,7 +188,7 @@ def main():
   parser.add_argument('--layers', type=int, default=2)
   parser.add_argument('--rounds', type=int, default=5,
                       help='interleaved timing rounds of the core programs (compiled once)')
-  parser.add_argument('--api', action='store_true', help='also time fit × R vs fit_sweep')
+  parser.add_argument('--api', action='store_true', help='also time fit × R vs fit_runs')
   parser.add_argument('--api-rounds', type=int, default=5, help='rounds of the --api timing')
   args = parser.parse_args()
   mesh, graphdef, params, pairs = setup(args)

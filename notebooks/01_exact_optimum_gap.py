@@ -32,11 +32,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from alignlab import experiment, plots, runs
+from alignlab import pipeline, plots
 
-out_dir = Path(OUT_DIR) if OUT_DIR else experiment.default_out_dir('exact_frontier', VARIANT)
+out_dir = Path(OUT_DIR) if OUT_DIR else pipeline.default_out_dir('exact_frontier', VARIANT)
 if not (out_dir / 'results.csv').exists():
-  experiment.run_experiment('exact_frontier', VARIANT, out_dir=out_dir, progress=False)
+  pipeline.run_experiment('exact_frontier', VARIANT, out_dir=out_dir, progress=False)
 df = pd.read_csv(out_dir / 'results.csv')
 frontier = pd.read_csv(out_dir / 'frontier.csv')
 print(f'{out_dir}: {df["run"].nunique()} runs, {len(df)} evaluation points, '
@@ -56,7 +56,7 @@ plt.show()
 # ## The gap to the optimum, per method and β
 # `gap_fraction` = (J_β(π*) − J_β(π)) / (J_β(π*) − J_β(π_ref)): 0 at the optimum, 1 at π_ref.
 # Methods with their own β (DPO, IPO, cDPO, KTO) are measured at it; the others at
-# `methods.eval_beta`. `reward_shortfall` (the frontier's reward at the policy's KL minus its
+# `task.eval_beta` (`--set task.eval_beta=…`). `reward_shortfall` (the frontier's reward at the policy's KL minus its
 # reward) needs no β at all.
 
 # %%
@@ -100,6 +100,8 @@ plt.show()
 
 # %% [markdown]
 # ## Best point per method
+# Ranked by the task's `BEST_BY` (the exact task: the smallest `gap_fraction`), means over seeds.
 
 # %%
-print(runs.format_table(runs.best_points(df, 'gap_fraction', 'min')))
+cfg = pipeline.make_config(pipeline.load_experiment('exact_frontier'), VARIANT)
+print(pipeline.summary(cfg, df))

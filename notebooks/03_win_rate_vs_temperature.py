@@ -17,7 +17,7 @@
 # reference completions as the sampling temperature grows, judged by GPT-4. Here the judge is
 # the gold reward: a policy's sample at temperature T wins when its gold reward beats that of
 # a π_ref sample (T = 1); ties count half. On the exact task the win rate is computed exactly
-# by enumeration (`evaluate.exact_win_rate`); on IMDb it is sampled
+# by enumeration (`exact_win_rate`, `alignlab/tasks/exact_math.py`); on IMDb it is sampled
 # (`evaluate.win_rate_vs_reference`). Best-of-N draws from π_ref at T = 1, so it is a point at 1.
 #
 # The notebook uses the IMDb results when they exist, else the exact task's (running the
@@ -31,15 +31,15 @@ SOURCE = 'auto'  # 'auto' | 'imdb_frontier' | 'exact_frontier'
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from alignlab import experiment, plots
+from alignlab import pipeline, plots
 
 candidates = ['imdb_frontier', 'exact_frontier'] if SOURCE == 'auto' else [SOURCE]
 found = [name for name in candidates
-         if (experiment.default_out_dir(name, VARIANT) / 'win_rates.csv').exists()]
+         if (pipeline.default_out_dir(name, VARIANT) / 'win_rates.csv').exists()]
 name = found[0] if found else candidates[-1]
-out_dir = experiment.default_out_dir(name, VARIANT)
+out_dir = pipeline.default_out_dir(name, VARIANT)
 if not found:
-  experiment.run_experiment(name, VARIANT, out_dir=out_dir, progress=False)
+  pipeline.run_experiment(name, VARIANT, out_dir=out_dir, progress=False)
 wr = pd.read_csv(out_dir / 'win_rates.csv')
 print(f'{name} ({VARIANT}): {wr["run"].nunique()} runs from {out_dir}')
 

@@ -26,12 +26,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from alignlab import experiment, runs
+from alignlab import pipeline
 
-run_dir = Path(RUN_DIR) if RUN_DIR else experiment.default_out_dir('imdb_frontier', VARIANT)
+run_dir = Path(RUN_DIR) if RUN_DIR else pipeline.default_out_dir('imdb_frontier', VARIANT)
 if not (run_dir / 'results.csv').exists():
-  experiment.run_experiment('imdb_frontier', VARIANT, out_dir=run_dir, progress=False)
-df = experiment.load_results(run_dir)
+  pipeline.run_experiment('imdb_frontier', VARIANT, out_dir=run_dir, progress=False)
+df = pipeline.load_results(run_dir)
 ref = df[df['method'] == 'sft'].iloc[0]
 
 
