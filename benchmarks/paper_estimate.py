@@ -3,7 +3,7 @@ each distinct program of the experiment runs a few times at the paper config's s
 weights and tokens; the cost of a step does not depend on their values), and its measured
 time per call is multiplied by how often the full experiment calls it.
 
-    .venv/bin/python benchmarks/paper_estimate.py [--steps 4]
+    .venv/bin/python benchmarks/paper_estimate.py [--steps 4] [--variant paper]
 
 Prints one JSON object: seconds per call of each program, the call counts, and the total.
 Compilation is timed apart (one compile per program; the persistent cache makes reruns cheap).
@@ -36,6 +36,8 @@ def timed(fn, calls: int) -> tuple[float, float]:
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--steps', type=int, default=4, help='timed calls per program')
+  p.add_argument('--variant', default='paper',
+                 help="the experiment's variant to estimate ('tiny': a quick check of the script)")
   args = p.parse_args()
   load0 = bc.loadavg()
 
@@ -45,17 +47,16 @@ def main():
   import jax.numpy as jnp
   import numpy as np
 
-  from alignlab import evaluate, sharding
+  from alignlab import evaluate, methods, pipeline, sharding
   from alignlab.heads import CausalLM, ScalarModel
   from alignlab.sampling import sample
   from alignlab.train import preference, sft
   from alignlab.train import reward_model as rm
   from alignlab.train.optim import make_optimizer
   from alignlab.train.step import init_state, jit_step, make_train_step
-  from experiments import imdb_frontier as exp
 
-  cfg = exp.get_config('paper')
-  task = cfg.task
+  cfg = pipeline.make_config(pipeline.load_experiment('imdb_frontier'), args.variant)
+  task, tc, rl = cfg.task, cfg.train, cfg.rl
   v = task.tokenizer.vocab_size
   model_cfg = dataclasses.replace(task.model, vocab_size=v, masked_output_ids=(0, 2))
   mesh = sharding.make_mesh()
@@ -96,12 +97,12 @@ def main():
   # costs the same two forward/backward passes): batch pairs of P + R tokens.
   pairs = {}
   for side in ('chosen', 'rejected'):
-    t, a, r = seqs(cfg.batch_size, p_len + r_len, p_len)
+    t, a, r = seqs(tc.batch_size, p_len + r_len, p_len)
     pairs.update({f'{side}_tokens': t, f'{side}_attention_mask': a, f'{side}_response_mask': r})
-  pairs['ref_chosen_logps'] = np.full(cfg.batch_size, -100.0, np.float32)
-  pairs['ref_rejected_logps'] = np.full(cfg.batch_size, -100.0, np.float32)
+  pairs['ref_chosen_logps'] = np.full(tc.batch_size, -100.0, np.float32)
+  pairs['ref_rejected_logps'] = np.full(tc.batch_size, -100.0, np.float32)
   train_program('preference_step', preference.make_loss_fn(graphdef, 'dpo', prompt_len=p_len), params, pairs,
-                {'beta': jnp.float32(0.1)}, cfg.optimizer)
+                {'beta': jnp.float32(0.1)}, tc.resolved_optimizer())
   # The reward model: Bradley–Terry on the same pair shapes.
   rm_graphdef, rm_params = sharding.init_params(lambda r: ScalarModel(model_cfg, rngs=r), mesh, jax.random.key(1))
   rm_batch = {k: v_ for k, v_ in pairs.items() if k.endswith(('_tokens', '_attention_mask'))}
@@ -119,7 +120,7 @@ def main():
   out['compile_s']['pairs_sample'], out['per_call_s']['pairs_sample'] = timed(pairs_sample, args.steps)
   # One evaluation point (`Evaluator.__call__`): sampling, exact KL and the proxy on the eval
   # prompts; the gold reward stubbed (VADER is host time, noted above).
-  eval_prompts = [list(map(int, rng.integers(3, v, rng.integers(3, p_len + 1)))) for _ in range(cfg.n_eval_prompts)]
+  eval_prompts = [list(map(int, rng.integers(3, v, rng.integers(3, p_len + 1)))) for _ in range(task.n_eval_prompts)]
 
   def proxy(tokens_BxT, attn_BxT):
     return rm.score(rm_graphdef, rm_params, tokens_BxT, attn_BxT)
@@ -129,13 +130,14 @@ def main():
                               jax.random.key(i), sampling, 0.1, proxy, prompt_len=p_len)
 
   out['compile_s']['eval_point'], out['per_call_s']['eval_point'] = timed(one_eval, max(1, args.steps // 2))
-  # PPO: one iteration ≈ rollout (sample + score) + ppo_epochs × (policy and value updates) on
-  # ppo_prompts sequences; the update is timed as preference-step-sized passes: measured here
-  # as an SFT-loss step on ppo_prompts sequences of P + R tokens, twice per epoch.
-  tokens, attn, resp = seqs(cfg.ppo_prompts, p_len + r_len, p_len)
+  # PPO: one iteration ≈ rollout (sample + score) + rl.epochs × (policy and value updates) on
+  # rl.rollouts sequences; the update is timed as preference-step-sized passes: measured here
+  # as an SFT-loss step on rl.rollouts sequences of P + R tokens, twice per epoch.
+  tokens, attn, resp = seqs(rl.rollouts, p_len + r_len, p_len)
   train_program('ppo_update_pass', sft.make_loss_fn(graphdef, response_start=p_len), params,
-                {'tokens': tokens, 'attention_mask': attn, 'response_mask': resp}, {}, cfg.optimizer)
-  ppo_prompts = jnp.asarray(rng.integers(3, v, (cfg.ppo_prompts, p_len)), jnp.int32)
+                {'tokens': tokens, 'attention_mask': attn, 'response_mask': resp}, {},
+                tc.resolved_optimizer())
+  ppo_prompts = jnp.asarray(rng.integers(3, v, (rl.rollouts, p_len)), jnp.int32)
 
   def ppo_sample(i):
     jax.block_until_ready(sample(graphdef, params, ppo_prompts, jnp.ones_like(ppo_prompts),
@@ -145,19 +147,24 @@ def main():
 
   s = out['per_call_s']
   n_seeds = len(cfg.seeds)
-  offline_runs = n_seeds * (len(cfg.dpo_betas) + len(cfg.unlikelihood_alphas) + len(cfg.other_losses)
-                            + int(cfg.preferred_ft))
-  rl_runs = n_seeds * (len(cfg.ppo_kl_targets) + int(cfg.ppo_gt) + 2 * int(cfg.rloo_grpo))
-  evals_per_offline = cfg.steps // cfg.eval_every + 1
-  evals_per_rl = cfg.ppo_iterations // (cfg.ppo_eval_every or cfg.eval_every) + 1
+
+  def n_runs(train_fn):  # (value, seed) runs of the experiment's methods trained by train_fn
+    return n_seeds * sum(len(getattr(cfg.sweeps, m)) for m in cfg.methods
+                         if methods.METHODS[m]['train'] is train_fn)
+
+  offline_runs = n_runs(methods.train_preference)
+  rl_runs = n_runs(methods.train_rl)
+  n_bon = len(cfg.sweeps.best_of_n) if 'best_of_n' in cfg.methods else 0
+  evals_per_offline = tc.steps // tc.eval_every + 1
+  evals_per_rl = rl.iterations // rl.eval_every + 1
   n_pair_calls = -(-task.pairs.n_prompts // task.pairs.batch_size)
   counts = {'sft_step': task.sft.steps, 'pairs_sample': n_pair_calls,
             'reward_model_step': task.reward_model.steps,
-            'preference_step': offline_runs * cfg.steps,
-            'eval_point': offline_runs * evals_per_offline + rl_runs * evals_per_rl + 1 + len(cfg.bon_ns),
-            'ppo_iteration': rl_runs * cfg.ppo_iterations}
-  ppo_epochs = 4  # PPOConfig's default, which the experiment keeps
-  s['ppo_iteration'] = 2 * s['ppo_sample'] + 2 * ppo_epochs * s['ppo_update_pass']  # sample+score, policy+value
+            'preference_step': offline_runs * tc.steps,
+            'eval_point': offline_runs * evals_per_offline + rl_runs * evals_per_rl + 1 + n_bon,
+            'ppo_iteration': rl_runs * rl.iterations}
+  # sample+score, then per epoch a policy and a value pass over every rollout
+  s['ppo_iteration'] = 2 * s['ppo_sample'] + 2 * rl.epochs * s['ppo_update_pass']
   # win rates at the end of each run: 5 temperatures + the shared π_ref draw ≈ 6 evaluation samplings
   counts['eval_point'] += (offline_runs + rl_runs) * 6
   out['calls'] = counts
