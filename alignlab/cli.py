@@ -174,9 +174,11 @@ def cmd_plot(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  from alignlab.artifacts import ArtifactError, user_io_error
   from alignlab.config import ConfigError
   from alignlab.pipeline import ExperimentError
   from alignlab.runs import RunDirError
+  from alignlab.train.fit import TrainingDiverged
   parser = build_parser()
   try:
     args = parser.parse_args(argv)
@@ -187,13 +189,23 @@ def main(argv: Sequence[str] | None = None) -> int:
       return cmd_list()
     if args.command == 'run':  # straight to the pipeline: it prints the verdict and plots
       from alignlab import pipeline
-      pipeline.run_experiment(args.experiment, args.variant, args.overrides, args.out,
-                              progress=not args.quiet)
+      cfg = pipeline.make_config(pipeline.load_experiment(args.experiment), args.variant,
+                                 args.overrides)
+      pipeline.run(cfg, args.out or pipeline.default_out_dir(args.experiment, args.variant),
+                   source={'experiment': args.experiment, 'variant': args.variant,
+                           'overrides': args.overrides}, progress=not args.quiet)
       return 0
     return {'eval': cmd_eval, 'plot': cmd_plot}[args.command](args)
-  except (UsageError, ExperimentError, ConfigError, RunDirError) as e:
+  except (UsageError, ExperimentError, ConfigError, RunDirError, ArtifactError,
+          TrainingDiverged) as e:
     message = ' '.join(str(e).split())  # one line, whatever the message held
     print(f'alignlab: error: {message}', file=sys.stderr)
+    return 2
+  except Exception as e:  # disk full, permissions, a file where a directory belongs: one line
+    line = user_io_error(e)  # (also behind a library's own error); else the traceback stays
+    if line is None:
+      raise
+    print(f'alignlab: error: {line}', file=sys.stderr)
     return 2
   except KeyboardInterrupt:
     print('alignlab: interrupted; run the same command again to resume', file=sys.stderr)

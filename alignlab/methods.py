@@ -5,9 +5,10 @@ hyperparameter a sweep varies, and its default values.
                        'loss': 'dpo', 'own_beta': True}, ...}
 
 A method trains against a task's `env` (`alignlab/tasks/__init__.py` lists its keys) with
-`train(env, name, runs, cfg, out_dir, progress)`: `runs` is a list of
+`train(env, name, runs, cfg, out_dir, progress) -> n_trained`: `runs` is a list of
 `(hparam_value, seed)`, `cfg` the experiment config (`cfg.train` for offline methods,
-`cfg.rl` for online ones). It writes one run dir per run (`runs.py`) and skips complete ones.
+`cfg.rl` for online ones). It writes one run dir per run (`runs.py`), skips complete ones and
+returns how many it trained.
 
 Keys of an entry:
   train     the train function (one of the four below, or your own)
@@ -77,7 +78,7 @@ class RLConfig:
 
 
 def train_preference(env: dict, name: str, runs_: list[tuple[Any, int]], cfg, out_dir: Path,
-                     progress: bool) -> None:
+                     progress: bool) -> int:
   """R runs of one loss, (hparam value, seed) each, as one vectorized program over the pairs
   with π_ref's log-probs precomputed (`train/fit.py`)."""
   spec = METHODS[name]
@@ -97,7 +98,7 @@ def train_preference(env: dict, name: str, runs_: list[tuple[Any, int]], cfg, ou
           for (v, s), row in zip(runs_, rows)]
   todo = [i for i, d in enumerate(dirs) if not runs.is_complete(d)]
   if not todo:
-    return
+    return 0
   betas = [runs_[i][0] if spec.get('own_beta') else None for i in todo]
 
   def eval_fn(state_R, step):
@@ -120,6 +121,7 @@ def train_preference(env: dict, name: str, runs_: list[tuple[Any, int]], cfg, ou
       runs.write_jsonl(dirs[i] / 'win_rate.jsonl',
                        env['win_rates'](fit_lib.run_state(state_R['params'], r)))
       runs.mark_complete(dirs[i], wall_s=time.perf_counter() - t0, vectorized_with=len(todo))
+  return len(todo)
 
 
 def _ppo_config(env: dict, rl: RLConfig, spec: dict, value: float, seed: int) -> ppo.PPOConfig:
@@ -139,10 +141,11 @@ def _ppo_config(env: dict, rl: RLConfig, spec: dict, value: float, seed: int) ->
 
 
 def train_rl(env: dict, name: str, runs_: list[tuple[Any, int]], cfg, out_dir: Path,
-             progress: bool) -> None:
+             progress: bool) -> int:
   """One run at a time (each iteration samples and scores on the host): PPO with the
   reward model or the gold reward, RLOO, GRPO (`train/ppo.py`)."""
   spec = METHODS[name]
+  trained = 0
   for value, seed in runs_:
     pcfg = _ppo_config(env, cfg.rl, spec, value, seed)
     run = runs.prepare_run(out_dir, name, {spec['hparam']: value}, seed,
@@ -151,6 +154,7 @@ def train_rl(env: dict, name: str, runs_: list[tuple[Any, int]], cfg, out_dir: P
                            experiment=cfg.name)
     if runs.is_complete(run):
       continue
+    trained += 1
     model_reward = spec['reward'] == 'model'
     reward = env['reward_model']() if model_reward else env['gold']
     value_model = None
@@ -175,35 +179,38 @@ def train_rl(env: dict, name: str, runs_: list[tuple[Any, int]], cfg, out_dir: P
       continue  # recorded in the run dir's failed.json by the loop
     runs.write_jsonl(run / 'win_rate.jsonl', env['win_rates'](state['policy']))
     runs.mark_complete(run, wall_s=time.perf_counter() - t0)
+  return trained
 
 
 def best_of_n(env: dict, name: str, runs_: list[tuple[Any, int]], cfg, out_dir: Path,
-              progress: bool) -> None:
+              progress: bool) -> int:
   """π_ref's samples reranked by the reward model: one evaluation point per N, no training."""
   del progress
-  for n, seed in runs_:
-    if seed != cfg.seeds[0]:
-      continue  # the task's evaluation draws the candidates with its own fixed key
-    _single_point(env, name, {'n': int(n)}, cfg, out_dir, lambda n=int(n): env['best_of_n'](n))
+  # One point per N: the task's evaluation draws the candidates with its own fixed key.
+  return sum(_single_point(env, name, {'n': int(n)}, cfg, out_dir,
+                           lambda n=int(n): env['best_of_n'](n))
+             for n, seed in runs_ if seed == cfg.seeds[0])
 
 
 def reference(env: dict, name: str, runs_: list[tuple[Any, int]], cfg, out_dir: Path,
-              progress: bool) -> None:
+              progress: bool) -> int:
   """π_ref itself: the point every frontier starts from."""
   del runs_, progress
-  _single_point(env, name, {}, cfg, out_dir, lambda: (env['evaluate'](env['ref_params'], None),
+  return _single_point(env, name, {}, cfg, out_dir, lambda: (env['evaluate'](env['ref_params'], None),
                                                       env['win_rates'](env['ref_params'])))
 
 
-def _single_point(env, name, hparams, cfg, out_dir, point_fn) -> None:
+def _single_point(env, name, hparams, cfg, out_dir, point_fn) -> int:
   run = runs.prepare_run(out_dir, name, hparams, 0,
                          {'task': env['run_key'], 'method': _spec_record(METHODS[name]),
                           'eval': env['eval_key']}, experiment=cfg.name)
-  if not runs.is_complete(run):
-    point, win_rates = point_fn()
-    runs.write_jsonl(run / 'eval.jsonl', [{'step': 0, **point}])
-    runs.write_jsonl(run / 'win_rate.jsonl', win_rates)
-    runs.mark_complete(run)
+  if runs.is_complete(run):
+    return 0
+  point, win_rates = point_fn()
+  runs.write_jsonl(run / 'eval.jsonl', [{'step': 0, **point}])
+  runs.write_jsonl(run / 'win_rate.jsonl', win_rates)
+  runs.mark_complete(run)
+  return 1
 
 
 def restore_policy(env: dict, name: str, run_dir: Path, cfg) -> tuple[int, Any]:
@@ -218,7 +225,7 @@ def restore_policy(env: dict, name: str, run_dir: Path, cfg) -> tuple[int, Any]:
     if step is None:
       raise runs.RunDirError(f'{run_dir} has no checkpoint')
     if spec['train'] is train_rl:
-      pcfg = from_dict(ppo.PPOConfig, _config(run_dir)['ppo'])
+      pcfg = from_dict(ppo.PPOConfig, _config(run_dir)['config']['ppo'])
       value = (ppo.init_value_model(env['model_cfg'], env['mesh'], jax.random.key(0))[1]
                if pcfg.uses_value else None)
       template = ppo.init_ppo_state(pcfg, env['ref_params'], value, env['mesh'])

@@ -4,7 +4,7 @@ results table → plots and verdict.
     cfg = ExperimentConfig(name='exact_frontier', task=exact.Config(), methods=('dpo', 'ppo'),
                            sweeps=Sweeps(dpo=(0.1, 1.0)))
     result = run_experiment('exact_frontier', 'tiny', ['sweeps.dpo=(0.3,)'])
-    df = run(cfg, out_dir)      # trains and evaluates; the runner (run_experiment) writes
+    result = run(cfg, out_dir)  # the same for a config built in code
 
 An experiment (`experiments/<name>.py`, or any .py file) is configuration only:
     VARIANTS = ('tiny', 'quick', 'paper')
@@ -14,8 +14,8 @@ and is loaded by name or path (`load_experiment`); it is not an installed packag
 The task (`cfg.task`, the `Config` of a `tasks.TASKS` module) builds π_ref and the pairs in
 its cached stages (`alignlab/stages.py`: one cache root) and returns its env; every method of
 `cfg.methods` then trains against that env with the values of `cfg.sweeps.<method>` × seeds
-(`alignlab/methods.py`). The runner alone writes `results.csv`, `win_rates.csv`,
-`stages.json`, the plots and `summary.md`.
+(`alignlab/methods.py`). `run` alone writes `results.csv`, `win_rates.csv`, `stages.json`,
+the plots and `summary.md`.
 
 Run dirs and the results table: `alignlab/runs.py`. Errors the user can fix are
 `ExperimentError` or `config.ConfigError`, one line each.
@@ -166,30 +166,6 @@ def setup(cfg: ExperimentConfig, *, progress: bool = True) -> tuple[ModuleType, 
   return task, task.setup(cfg.task, mesh=mesh, progress=progress, log=_log(progress, cfg.name))
 
 
-def run(cfg: ExperimentConfig, out_dir: str | Path, *, progress: bool = True) -> pd.DataFrame:
-  """Trains and evaluates every (method, value, seed) of `cfg` into run dirs under `out_dir`
-  (complete runs are skipped, partial ones resume); returns the results table."""
-  out_dir = Path(out_dir)
-  methods_lib.validate(cfg.methods, cfg.sweeps, cfg.train, cfg.rl)
-  log = _log(progress, cfg.name)
-  t0 = time.perf_counter()
-  task, env = setup(cfg, progress=progress)
-  timings = {'stages_s': time.perf_counter() - t0}
-  if 'frontier' in env and not (out_dir / 'frontier.csv').exists():
-    env['frontier']().to_csv(out_dir / 'frontier.csv', index=False)
-  for name in cfg.methods:
-    t1 = time.perf_counter()
-    runs_ = [(v, s) for v in getattr(cfg.sweeps, name) for s in cfg.seeds]
-    METHODS[name]['train'](env, name, runs_, cfg, out_dir, progress)
-    timings[f'{name}_s'] = time.perf_counter() - t1
-    log(f'{name}: {len(runs_)} runs in {timings[f"{name}_s"]:.1f} s')
-  timings['total_s'] = time.perf_counter() - t0
-  (out_dir / 'stages.json').write_text(json.dumps(
-      {'stages': env.get('stages', {}), 'info': env.get('info', {}), 'timings': timings},
-      indent=2, default=str))
-  return runs.collect_results(out_dir)
-
-
 def evaluate_run(cfg: ExperimentConfig, run_dir: str | Path) -> dict:
   """Evaluates a run dir's latest checkpoint again (or recomputes its single point: π_ref,
   Best-of-N) with the task's evaluation; returns the point with its step."""
@@ -251,26 +227,50 @@ def summary(cfg: ExperimentConfig | None, df: pd.DataFrame) -> str:
   return runs.format_table(runs.best_points(df, by, mode))
 
 
-def run_experiment(name: str, variant: str = 'quick', overrides: Sequence[str] = (),
-                   out_dir: str | Path | None = None, *, progress: bool = True,
-                   verbose: bool = True) -> ExperimentResult:
-  """Runs (or resumes) an experiment and writes results.csv, plots and the summary table."""
-  module = load_experiment(name)
-  cfg = make_config(module, variant, overrides)
-  out_dir = Path(out_dir) if out_dir is not None else default_out_dir(name, variant)
+def run(cfg: ExperimentConfig, out_dir: str | Path, *, source: dict | None = None,
+        progress: bool = True, verbose: bool = True) -> ExperimentResult:
+  """Runs (or resumes) an experiment: trains and evaluates every (method, value, seed) of
+  `cfg` into run dirs under `out_dir` (complete runs are skipped, partial ones resume), then
+  writes results.csv, win_rates.csv, stages.json, the plots and summary.md. `source`
+  ({experiment, variant, overrides}) is recorded in experiment.json for `alignlab eval`."""
+  out_dir = Path(out_dir)
+  methods_lib.validate(cfg.methods, cfg.sweeps, cfg.train, cfg.rl)
   if out_dir.exists() and not out_dir.is_dir():
     raise ExperimentError(f'--out {out_dir} is a file; give a directory')
   out_dir.mkdir(parents=True, exist_ok=True)
-  record = json.dumps({'experiment': str(name), 'variant': variant, 'overrides': list(overrides),
-                       'config_hash': config_hash(cfg), 'config': to_dict(cfg)}, indent=1,
-                      default=str)
+  source = source or {'experiment': cfg.name, 'variant': None, 'overrides': []}
+  record = json.dumps({**source, 'config_hash': config_hash(cfg), 'config': to_dict(cfg)},
+                      indent=1, default=str)
+  with runs.lock_dir(out_dir):  # one process per out dir: two would interleave their results
+    return _run_locked(cfg, out_dir, record, progress=progress, verbose=verbose)
+
+
+def _run_locked(cfg: ExperimentConfig, out_dir: Path, record: str, *, progress: bool,
+                verbose: bool) -> ExperimentResult:
   record_path = out_dir / 'experiment.json'
   if not record_path.exists():  # a partial run can be re-evaluated (`alignlab eval`)
     record_path.write_text(record)
   enable_compilation_cache()
-  start = time.time()
-  df = run(cfg, out_dir, progress=progress)
+  log = _log(progress, cfg.name)
+  t0 = time.perf_counter()
+  _, env = setup(cfg, progress=progress)
+  timings = {'stages_s': time.perf_counter() - t0}
+  if 'frontier' in env and not (out_dir / 'frontier.csv').exists():
+    env['frontier']().to_csv(out_dir / 'frontier.csv', index=False)
+  for name in cfg.methods:
+    t1 = time.perf_counter()
+    values = getattr(cfg.sweeps, name, METHODS[name]["values"])  # an entry added at run time
+    runs_ = [(v, s) for v in values for s in cfg.seeds]
+    trained = METHODS[name]['train'](env, name, runs_, cfg, out_dir, progress)
+    timings[f'{name}_s'] = time.perf_counter() - t1
+    log(f'{name}: {trained} runs trained in {timings[f"{name}_s"]:.1f} s' if trained else
+        f'{name}: {len(runs_)} runs complete, skipped')
+  timings['total_s'] = time.perf_counter() - t0
+  (out_dir / 'stages.json').write_text(json.dumps(
+      {'stages': env.get('stages', {}), 'info': env.get('info', {}), 'timings': timings},
+      indent=2, default=str))
   record_path.write_text(record)  # the config that made the latest results
+  df = runs.collect_results(out_dir)
   results_csv = out_dir / 'results.csv'
   df.to_csv(results_csv, index=False)
   win_rates = runs.collect_win_rates(out_dir)
@@ -279,13 +279,24 @@ def run_experiment(name: str, variant: str = 'quick', overrides: Sequence[str] =
   figures = make_plots(cfg, df, out_dir)
   table = summary(cfg, df)
   (out_dir / 'summary.md').write_text(
-      f'# {name} ({variant})\n\nBest point per method (`results.csv`):\n\n```\n{table}\n```\n')
+      f'# {cfg.name}\n\nBest point per method (`results.csv`):\n\n```\n{table}\n```\n')
   if verbose:
-    print(f'{name} ({variant}): {len(df)} evaluation points from '
-          f'{df["run"].nunique() if len(df) else 0} runs in {time.time() - start:.0f} s; '
+    print(f'{cfg.name}: {len(df)} evaluation points from '
+          f'{df["run"].nunique() if len(df) else 0} runs in {timings["total_s"]:.0f} s; '
           f'results: {results_csv}')
     print(f'\nbest point per method ({results_csv}):\n{table}')
     for path in figures:
       print(f'plot: {path}')
   return ExperimentResult(out_dir=out_dir, df=df, results_csv=results_csv, plots=figures,
                           table=table)
+
+
+def run_experiment(name: str, variant: str = 'quick', overrides: Sequence[str] = (),
+                   out_dir: str | Path | None = None, *, progress: bool = True,
+                   verbose: bool = True) -> ExperimentResult:
+  """`run` of the experiment `name` (or a .py path) at `variant` with `--set` overrides."""
+  cfg = make_config(load_experiment(name), variant, overrides)
+  out_dir = Path(out_dir) if out_dir is not None else default_out_dir(name, variant)
+  return run(cfg, out_dir, source={'experiment': str(name), 'variant': variant,
+                                   'overrides': list(overrides)},
+             progress=progress, verbose=verbose)

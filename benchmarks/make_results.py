@@ -154,7 +154,7 @@ def render() -> str:
     w(f'- fp32 matmul peak through XLA (`{" ".join(PEAK_CMD)}`, median GFLOP/s of the best size), '
       f'measured right before the runs: {peaks[-1]:.0f} GFLOP/s; MFU below uses '
       f'{", ".join(f"{u:.0f}" for u in used)} GFLOP/s (passed as `--peak-gflops`), and 190 GFLOP/s '
-      '(the idle peak in /work/shared/ENVIRONMENT.md) beside it.')
+      '(the idle peak measured on this machine kind) beside it.')
   w('')
   w('## Commands')
   w('')

@@ -7,7 +7,7 @@ time per call is multiplied by how often the full experiment calls it.
 
 Prints one JSON object: seconds per call of each program, the call counts, and the total.
 Compilation is timed apart (one compile per program; the persistent cache makes reruns cheap).
-Not counted: VADER scoring on the host (measured ≈ 4,000–6,000 texts/s, see issue 3) beyond
+Not counted: VADER scoring on the host (measured ≈ 4,000–6,000 texts/s) beyond
 what the timed evaluation includes, and writing checkpoints.
 """
 

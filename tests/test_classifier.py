@@ -97,14 +97,14 @@ def test_reward_is_the_probability_of_bos_plus_text(stage):
 
 
 def test_task_gold_switch(monkeypatch, tmp_path):
-  from alignlab import imdb_stages as st
-  from alignlab import sharding
+  from alignlab import pipeline, sharding
+  from alignlab.tasks import imdb as st
   from alignlab.tasks.imdb_gold import ClassifierReward, VaderReward
-  from experiments import imdb_frontier as exp
+  exp = pipeline.load_experiment('imdb_frontier')
   tiny_clf = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, d_model=16, d_ff=32),
                                  steps=3, optimizer=OptimizerConfig(learning_rate=1e-3))
   cfg = dataclasses.replace(exp.get_config('tiny').task, gold='classifier', classifier=tiny_clf)
-  tok = st.tokenizer_stage(cfg)
+  tok = imdb.imdb_tokenizer(cfg.tokenizer, cfg.data)
   reward, info = st.gold_reward(cfg, tok, sharding.make_mesh(), progress=False)
   assert isinstance(reward, ClassifierReward) and info['name'].startswith('classifier/')
   assert set(info['heldout_accuracy']) == {'64'} and not info['from_cache']

@@ -13,8 +13,8 @@ import pytest
 
 from alignlab import cli, runs
 
-SMALL = ['--set', "methods.run=['dpo','best_of_n']", '--set', 'methods.dpo_betas=[0.5]',
-         '--set', 'methods.best_of_n=[4]']
+SMALL = ['--set', "methods=['dpo','best_of_n']", '--set', 'sweeps.dpo=[0.5]',
+         '--set', 'sweeps.best_of_n=[4]']
 
 
 def _error(capsys, argv) -> str:

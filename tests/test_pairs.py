@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from alignlab.data import pairs as pairs_lib
-from alignlab.data.preference import PreferenceLoader, collate, read_metadata, read_pairs, write_pairs
+from alignlab.data.preference import collate, read_metadata, read_pairs, write_pairs
 
 
 @pytest.fixture(autouse=True)
@@ -124,36 +124,6 @@ def test_collate_layout():
       np.testing.assert_array_equal(response[row], (np.arange(p + r) >= p) & (np.arange(p + r) < p + n_r))
   with pytest.raises(ValueError, match='largest bucket'):
     collate(examples, prompt_buckets=(4,), response_buckets=(64,))
-
-
-def test_loader_is_deterministic_resumable_and_covers_each_epoch(tmp_path):
-  examples = _random_examples(50, seed=3)
-  source = read_pairs(write_pairs(examples, tmp_path / 'ds'))
-  make = lambda **kw: PreferenceLoader(source, 8, seed=7, prompt_buckets=(16,), response_buckets=(32,), **kw)
-  loader = make(num_epochs=3, drop_remainder=False)
-  assert loader.steps_per_epoch == 7 and loader.num_steps == 21
-  batches = list(loader)
-  assert len(batches) == 21 and batches[6]['chosen_tokens'].shape == (2, 48)
-  for epoch in range(3):
-    scores = np.concatenate([b['chosen_score'] for b in batches[7 * epoch:7 * epoch + 7]])
-    np.testing.assert_array_equal(np.sort(scores), np.sort([e['chosen_score'] for e in examples]))
-  assert not np.array_equal(batches[0]['chosen_tokens'], batches[7]['chosen_tokens'])  # reshuffled
-  for start in (0, 5, 13):
-    resumed = list(make(num_epochs=3, drop_remainder=False).iterate(start))
-    assert len(resumed) == 21 - start
-    for want, got in zip(batches[start:], resumed):
-      assert want.keys() == got.keys()
-      for key in want:
-        np.testing.assert_array_equal(want[key], got[key])
-  for got, step in zip(batches, range(21)):
-    idx = loader.batch_indices(step)
-    np.testing.assert_array_equal(got['rejected_score'], [examples[i]['rejected_score'] for i in idx])
-  dropped = make()
-  assert dropped.steps_per_epoch == 6 and dropped.batch(100)['chosen_tokens'].shape == (8, 48)
-  other_seed = PreferenceLoader(source, 8, seed=8, prompt_buckets=(16,), response_buckets=(32,))
-  assert not np.array_equal(other_seed.batch(0)['chosen_tokens'], dropped.batch(0)['chosen_tokens'])
-  in_order = make(shuffle=False).batch(1)
-  np.testing.assert_array_equal(in_order['chosen_score'], [e['chosen_score'] for e in examples[8:16]])
 
 
 def _fake_sampler(calls):

@@ -1,4 +1,4 @@
-"""PPO on the exact task (DESIGN.md §4), where the optimum of J_β is known: PPO-GT (the gold
+"""PPO on the exact task (docs/design.md), where the optimum of J_β is known: PPO-GT (the gold
 reward) from π_ref must close ≥ 90 % of π_ref's gap β·KL(π_ref‖π*) at β ∈ {0.1, 1}, and PPO with
 a Bradley–Terry reward model learned from π_ref's preference pairs must improve J_β over π_ref.
 

@@ -113,79 +113,9 @@ def _bucket(length: int, buckets: Sequence[int], what: str) -> int:
                    f'truncate the data or add a larger bucket')
 
 
-class PreferenceLoader:
-  """Deterministic, resumable batches of preference pairs as dicts of numpy arrays.
-
-  Epoch e visits the examples in the order `default_rng([seed, e]).permutation(n)` (or in
-  order if not `shuffle`); global step s is batch `s % steps_per_epoch` of epoch
-  `s // steps_per_epoch`. So `batch(s)` is a pure function of s and `iterate(start_step)`
-  resumes a run exactly. With `drop_remainder=False` the last batch of an epoch is smaller
-  (another batch shape, hence another compile).
-
-  Keys: `{chosen,rejected}_{tokens,attention_mask,response_mask}` (B, P + R) int32 and
-  `{chosen,rejected}_score` (B,) float32. P and R are the smallest buckets that hold the
-  batch's longest prompt and longest response (over chosen and rejected).
-  """
-
-  def __init__(self, source: Sequence[Mapping[str, Any]], batch_size: int, *, seed: int = 0,
-               prompt_buckets: Sequence[int] = (8, 16, 32, 64, 128, 256, 512),
-               response_buckets: Sequence[int] = (8, 16, 32, 64, 128, 256, 512, 1024),
-               pad_id: int = 0, drop_remainder: bool = True, shuffle: bool = True,
-               num_epochs: int | None = None):
-    if batch_size < 1:
-      raise ValueError(f'batch_size must be positive, got {batch_size}')
-    self.source = source
-    self.batch_size = batch_size
-    self.seed = seed
-    self.prompt_buckets = tuple(sorted(prompt_buckets))
-    self.response_buckets = tuple(sorted(response_buckets))
-    self.pad_id = pad_id
-    self.drop_remainder = drop_remainder
-    self.shuffle = shuffle
-    self.num_epochs = num_epochs
-    self.num_examples = len(source)
-    self._order: tuple[int, np.ndarray] = (-1, np.arange(0))
-    full, rest = divmod(self.num_examples, batch_size)
-    self.steps_per_epoch = full + (1 if rest and not drop_remainder else 0)
-    if self.steps_per_epoch == 0:
-      raise ValueError(f'{self.num_examples} examples make no batch of {batch_size} (drop_remainder)')
-
-  @property
-  def num_steps(self) -> int | None:
-    return None if self.num_epochs is None else self.num_epochs * self.steps_per_epoch
-
-  def epoch_order(self, epoch: int) -> np.ndarray:
-    if self._order[0] != epoch:  # one permutation per epoch, not per step
-      order = (np.random.default_rng([self.seed, epoch]).permutation(self.num_examples) if self.shuffle
-               else np.arange(self.num_examples))
-      self._order = (epoch, order)
-    return self._order[1]
-
-  def batch_indices(self, step: int) -> np.ndarray:
-    epoch, i = divmod(step, self.steps_per_epoch)
-    return self.epoch_order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
-
-  def batch(self, step: int) -> dict[str, np.ndarray]:
-    indices = [int(i) for i in self.batch_indices(step)]
-    getitems = getattr(self.source, '__getitems__', None)
-    examples = getitems(indices) if getitems else [self.source[i] for i in indices]
-    return collate(examples, prompt_buckets=self.prompt_buckets,
-                   response_buckets=self.response_buckets, pad_id=self.pad_id)
-
-  def iterate(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """Batches from global step `start_step` on, until `num_epochs` (forever if None)."""
-    step = start_step
-    while self.num_steps is None or step < self.num_steps:
-      yield self.batch(step)
-      step += 1
-
-  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-    return self.iterate(0)
-
-
 def collate(examples: Sequence[Mapping[str, Any]], *, prompt_buckets: Sequence[int],
             response_buckets: Sequence[int], pad_id: int = 0) -> dict[str, np.ndarray]:
-  """One batch in the canonical layout (see `PreferenceLoader`)."""
+  """One batch in the canonical layout (see the module docstring)."""
   prompts = [np.asarray(e['prompt'], np.int32) for e in examples]
   responses = {side: [np.asarray(e[side], np.int32) for e in examples] for side in ('chosen', 'rejected')}
   p = _bucket(max(len(x) for x in prompts), prompt_buckets, 'prompt')

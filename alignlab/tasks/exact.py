@@ -237,8 +237,8 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
   ref_params = stages.restore_params(sft_dir / 'params', like, sft_key(cfg))
   ref_logp = jnp.asarray(np.load(sft_dir / 'ref_logp.npy'))
   info = stages.read_json(sft_dir / 'info.json')
-  log(f'π_ref {"from the cache" if cached else "trained"} (KL(analytic ‖ π_ref) = '
-      f'{info["kl_analytic_to_sft"]:.4f}): {sft_dir}')
+  if not cached:
+    log(f'π_ref trained (KL(analytic ‖ π_ref) = {info["kl_analytic_to_sft"]:.4f}): {sft_dir}')
   r = jnp.asarray(em.gold_reward(cfg.problem))
   pairs_key = {'sft': sft_key(cfg), 'pairs': cfg.pairs}
   pairs_dir, _ = stages.cached_stage(

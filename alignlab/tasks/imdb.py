@@ -287,8 +287,9 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
   p = cfg.prompt_len
   arrays = {k: v for k, v in train.items() if k.endswith(('_tokens', '_mask'))}
   pairs = preference.reference_logps(graphdef, ref_params, arrays, prompt_len=p)
-  log(f'stages ready: π_ref {"from the cache" if sft_cached else "trained"} ({sft_dir}), '
-      f'{len(arrays["chosen_tokens"])} training pairs, gold {gold_info["name"]}')
+  if not (sft_cached and dataset.from_cache):
+    log(f'stages built: π_ref {"from the cache" if sft_cached else "trained"} ({sft_dir}), '
+        f'{len(arrays["chosen_tokens"])} training pairs, gold {gold_info["name"]}')
   eval_prompts, tokens_NxP, mask_NxP = prompts_for(cfg, tok, 'test', cfg.n_eval_prompts,
                                                    cfg.eval_seed)
   tokens_NxP, mask_NxP = jnp.asarray(tokens_NxP), jnp.asarray(mask_NxP)
@@ -318,8 +319,8 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
     env['stages']['reward_model'] = str(path)
     env['info'].update(reward_model=metrics)
     env['info']['from_cache']['reward_model'] = cached
-    log(f'reward model {"from the cache" if cached else "trained"}: held-out accuracy '
-        f'{metrics["heldout_accuracy"]:.3f} ({path})')
+    if not cached:
+      log(f'reward model trained: held-out accuracy {metrics["heldout_accuracy"]:.3f} ({path})')
     return RewardModel(rm_graphdef, stages.restore_params(path / 'params', rm_like, rm_key))
 
   def proxy(tokens_BxT, attention_mask_BxT):

@@ -122,20 +122,25 @@ def make_runs_step(step: Callable, *, gather: bool, runs_per_chunk: int | None =
   hparams_R, shared)` with one batch shared by every run. runs_per_chunk=None vmaps every run
   at once; k runs `lax.map` over chunks of k vmapped runs (still one program)."""
 
-  def over_runs(fn, *xs):
-    if runs_per_chunk is None:
-      return jax.vmap(fn)(*xs)
-    return jax.lax.map(lambda args: fn(*args), xs, batch_size=runs_per_chunk)
-
+  # The map over runs is spelled out in each `runs_step`, not a helper: a helper would be one
+  # more frame between the CLI and the loss (tests/test_call_depth.py).
   if gather:
     def runs_step(state_R, data, indices_RxB, hparams_R, shared):
-      def one(state, indices_B, hp):
-        batch = jax.tree.map(lambda x: jnp.take(x, indices_B, axis=0), data)
-        return step(state, batch, {**hp, **shared})
-      return over_runs(one, state_R, indices_RxB, hparams_R)
+      def one(xs):
+        state, indices_B, hp = xs
+        return step(state, jax.tree.map(lambda x: jnp.take(x, indices_B, axis=0), data),
+                    {**hp, **shared})
+      xs = (state_R, indices_RxB, hparams_R)
+      return (jax.vmap(one)(xs) if runs_per_chunk is None
+              else jax.lax.map(one, xs, batch_size=runs_per_chunk))
   else:
     def runs_step(state_R, batch, hparams_R, shared):
-      return over_runs(lambda s, hp: step(s, batch, {**hp, **shared}), state_R, hparams_R)
+      def one(xs):
+        state, hp = xs
+        return step(state, batch, {**hp, **shared})
+      xs = (state_R, hparams_R)
+      return (jax.vmap(one)(xs) if runs_per_chunk is None
+              else jax.lax.map(one, xs, batch_size=runs_per_chunk))
   return runs_step
 
 
@@ -435,14 +440,14 @@ def fit(loss_fn: Callable, params: Any, batch_at: Callable[[int], dict], *,
                            shuffle=batch_at.shuffle)
   else:
     data = batch_at
-  run_eval = None
-  if eval_fn is not None:
-    def run_eval(state_R, step):
-      return [eval_fn(run_state(state_R, 0), step)]
+  def run_eval(state_R, step):
+    return [eval_fn(run_state(state_R, 0), step)]
+
   state_R, failed = fit_runs(
       loss_fn, params, data, {k: [v] for k, v in (hparams or {}).items()}, optimizer=optimizer,
       n_steps=n_steps, run_dirs=[run_dir], configs=[config], seeds=[seed], ref_params=ref_params,
-      mesh=mesh, grad_accum=grad_accum, save_every=save_every, eval_fn=run_eval,
+      mesh=mesh, grad_accum=grad_accum, save_every=save_every,
+      eval_fn=None if eval_fn is None else run_eval,
       eval_every=eval_every, log_every=log_every, desc=desc, progress=progress,
       stop_after=stop_after)
   if failed[0] is not None:
