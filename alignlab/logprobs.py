@@ -38,11 +38,12 @@ def response_logprobs(model, hidden_BxRxD: jax.Array, targets_BxR: jax.Array) ->
   n = (r + pad) // c
   hidden_NxBxCxD = jnp.pad(hidden_BxRxD, ((0, 0), (0, pad), (0, 0))).reshape(b, n, c, d).swapaxes(0, 1)
   targets_NxBxC = jnp.pad(targets_BxR, ((0, 0), (0, pad))).reshape(b, n, c).swapaxes(0, 1)
-  head_DxV = model.head_weights()
 
+  # The head is read inside each chunk as the model stores it (no D×V transposed copy of a
+  # tied embedding, whose cotangent would be one more V×D buffer).
   @jax.checkpoint
   def chunk(hidden_BxCxD, targets_BxC):
-    return gather_logprobs(model.logits(hidden_BxCxD, head_DxV), targets_BxC)
+    return gather_logprobs(model.logits(hidden_BxCxD), targets_BxC)
 
   logps_NxBxC = jax.lax.map(lambda xs: chunk(*xs), (hidden_NxBxCxD, targets_NxBxC))
   return logps_NxBxC.swapaxes(0, 1).reshape(b, n * c)[:, :r]

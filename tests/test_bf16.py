@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from alignlab import sharding
 from alignlab.config import ModelConfig, SamplingConfig
 from alignlab.heads import CausalLM, ScalarModel
 from alignlab.logprobs import sequence_logprobs, shared_prompt_logprobs
 from alignlab.sampling import sample
+from model_helpers import init_single, shared_prompt_rows
 
 # init_std 0.3 so that the logits are far from uniform and bf16 rounding shows in the log-probs.
 F32 = ModelConfig(vocab_size=37, max_seq_len=16, d_model=24, n_layers=2, n_heads=3, d_ff=40,
@@ -29,22 +29,11 @@ P, R = 5, 6
 
 
 def _init(cfg, model_cls=CausalLM):
-  mesh = sharding.make_mesh(sharding.MeshConfig.single(), jax.devices()[:1])
-  return sharding.init_params(lambda r: model_cls(cfg, rngs=r), mesh, jax.random.key(0))
+  return init_single(cfg, model_cls)
 
 
 def _pairs(cfg):
-  """2B = 4 rows in the canonical layout, rows i and B + i sharing a left-padded prompt."""
-  rng = np.random.default_rng(0)
-  prompt = rng.integers(1, cfg.vocab_size, (2, P))
-  tokens = np.concatenate([np.concatenate([prompt, prompt]),
-                           rng.integers(1, cfg.vocab_size, (4, R))], axis=1)
-  attention = np.ones_like(tokens)
-  attention[[0, 2], :2] = 0  # the first prompt is left-padded by 2
-  attention[1, -2:] = 0  # one response is right-padded
-  response = attention.copy()
-  response[:, :P] = 0
-  return [jnp.asarray(a, jnp.int32) for a in (tokens, attention, response)]
+  return shared_prompt_rows(cfg.vocab_size, P, R, low=1, right_pad=2)
 
 
 @pytest.fixture(params=list(LAYOUTS))

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from alignlab import sharding
 from alignlab.config import ConfigError, ModelConfig
-from alignlab.heads import CausalLM
 from alignlab.logprobs import sequence_logprobs, shared_prompt_logprobs
 from alignlab.model import init_cache, rope_frequencies
+from model_helpers import init_single, shared_prompt_rows
 
 GQA = ModelConfig(vocab_size=41, max_seq_len=24, d_model=48, n_layers=2, n_heads=6, n_kv_heads=2,
                   d_ff=40, positions='rope', norm='rmsnorm', mlp='swiglu', use_bias=False,
@@ -21,8 +20,7 @@ GQA = ModelConfig(vocab_size=41, max_seq_len=24, d_model=48, n_layers=2, n_heads
 
 
 def _init(cfg, seed=0):
-  mesh = sharding.make_mesh(sharding.MeshConfig.single(), jax.devices()[:1])
-  return sharding.init_params(lambda r: CausalLM(cfg, rngs=r), mesh, jax.random.key(seed))
+  return init_single(cfg, seed=seed)
 
 
 def _random_biases(params, seed=1):
@@ -79,13 +77,8 @@ def test_gqa_equals_mha_with_repeated_key_value_heads():
 def test_gqa_kv_cache_paths_match_the_full_forward():
   graphdef, params = _init(GQA)
   model = nnx.merge(graphdef, _random_biases(params))
-  rng = np.random.default_rng(2)
   p, r = 5, 4
-  prompt = rng.integers(0, 41, (2, p))
-  tokens = jnp.asarray(np.concatenate([np.concatenate([prompt, prompt]),
-                                       rng.integers(0, 41, (4, r))], axis=1), jnp.int32)
-  attention = jnp.ones_like(tokens).at[jnp.array([0, 2]), :2].set(0)
-  response = attention.at[:, :p].set(0)
+  tokens, attention, response = shared_prompt_rows(GQA.vocab_size, p, r, seed=2)
   full = sequence_logprobs(model, tokens, attention, response, response_start=p)
   shared = shared_prompt_logprobs(model, tokens, attention, response, prompt_len=p)
   np.testing.assert_allclose(np.asarray(shared), np.asarray(full), atol=1e-5)

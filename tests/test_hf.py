@@ -9,6 +9,7 @@ continuation. Nothing here needs torch.
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -22,8 +23,6 @@ from alignlab.config import ModelConfig, SamplingConfig
 from alignlab.data.tokenizer import Tokenizer
 from alignlab.heads import CausalLM
 from alignlab.sampling import sample
-
-from pathlib import Path
 
 FIXTURES = Path(__file__).parent / 'fixtures' / 'hf'
 FAMILIES = ('gpt2', 'llama', 'qwen2')

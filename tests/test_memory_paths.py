@@ -13,6 +13,7 @@ from alignlab import sharding
 from alignlab.config import ConfigError, ModelConfig
 from alignlab.heads import CausalLM
 from alignlab.logprobs import sequence_logprobs, shared_prompt_logprobs
+from model_helpers import init_single, shared_prompt_rows
 
 BASE = ModelConfig(vocab_size=43, max_seq_len=16, d_model=24, n_layers=2, n_heads=4, d_ff=40,
                    init_std=0.3, attention='einsum')
@@ -31,16 +32,7 @@ P, R = 5, 7
 
 
 def _pairs(cfg):
-  rng = np.random.default_rng(0)
-  prompt = rng.integers(0, cfg.vocab_size, (2, P))
-  tokens = np.concatenate([np.concatenate([prompt, prompt]),
-                           rng.integers(0, cfg.vocab_size, (4, R))], axis=1)
-  attention = np.ones_like(tokens)
-  attention[[0, 2], :2] = 0  # a left-padded prompt: its pad queries attend to nothing
-  attention[1, -3:] = 0
-  response = attention.copy()
-  response[:, :P] = 0
-  return [jnp.asarray(a, jnp.int32) for a in (tokens, attention, response)]
+  return shared_prompt_rows(cfg.vocab_size, P, R, right_pad=3)
 
 
 def _values_and_grads(cfg, params):
@@ -61,8 +53,7 @@ def _values_and_grads(cfg, params):
 @pytest.mark.parametrize('name', list(LAYOUTS))
 def test_variant_equals_plain_path(name, variant):
   cfg = LAYOUTS[name]
-  mesh = sharding.make_mesh(sharding.MeshConfig.single(), jax.devices()[:1])
-  _, params = sharding.init_params(lambda r: CausalLM(cfg, rngs=r), mesh, jax.random.key(0))
+  _, params = init_single(cfg)
   plain, plain_grads = _values_and_grads(cfg, params)
   other, other_grads = _values_and_grads(dataclasses.replace(cfg, **VARIANTS[variant]), params)
   for a, b in zip(plain, other):
@@ -77,8 +68,7 @@ def test_chunked_logprobs_lower_the_compiled_peak():
   compiled program's temporary memory (XLA's memory analysis) by more than half."""
   cfg = ModelConfig(vocab_size=4096, max_seq_len=96, d_model=32, n_layers=1, n_heads=2, d_ff=32,
                     attention='einsum')
-  mesh = sharding.make_mesh(sharding.MeshConfig.single(), jax.devices()[:1])
-  _, params = sharding.init_params(lambda r: CausalLM(cfg, rngs=r), mesh, jax.random.key(0))
+  _, params = init_single(cfg)
   tokens = jnp.ones((8, 80), jnp.int32)
   mask = jnp.ones_like(tokens)
 
