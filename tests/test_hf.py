@@ -9,6 +9,8 @@ continuation. Nothing here needs torch.
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -241,3 +243,34 @@ def test_tokenizer_without_eos_is_an_error(tmp_path):
   (directory / 'tokenizer_config.json').write_text(json.dumps({'eos_token': '<|nope|>'}))
   with pytest.raises(ValueError, match="tokenizer_config.json: eos_token '<|nope|>' is not in"):
     Tokenizer.load(directory)
+
+
+SHARDED_LOAD = r"""
+import os, sys, json
+os.environ['XLA_FLAGS'] = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+import jax, numpy as np
+from flax import nnx
+from alignlab import hf, sharding
+mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=2, tensor=2))
+cfg, graphdef, params, _ = hf.load_pretrained(sys.argv[1], mesh=mesh)
+golden = json.loads(open(os.path.join(sys.argv[1], 'golden.json')).read())
+ids = np.asarray(golden['token_ids'], np.int32)
+with sharding.use_mesh(mesh):
+  logits = jax.jit(lambda p: nnx.merge(graphdef, p)(ids, np.ones_like(ids)))(params)
+w_kv = params['backbone']['blocks'][0]['attn']['w_kv']
+print(json.dumps({'err': float(np.abs(np.asarray(logits) - np.asarray(golden['logits'])).max()),
+                  'w_kv': [list(w_kv.shape), list(w_kv.addressable_shards[0].data.shape)],
+                  'embed': list(params['backbone']['embed'].addressable_shards[0].data.shape)}))
+"""
+
+
+def test_load_onto_a_mesh_of_8_devices():
+  """Each parameter lands in its declared sharding (here fsdp 2 × tensor 2) and the sharded
+  model still matches transformers."""
+  proc = subprocess.run([sys.executable, '-c', SHARDED_LOAD, str(FIXTURES / 'llama')],
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert report['err'] <= 1e-4
+  assert report['w_kv'] == [[32, 2, 2, 8], [16, 2, 1, 8]]  # D over fsdp, key/value heads over tensor
+  assert report['embed'] == [48, 16]  # V over tensor, D over fsdp
