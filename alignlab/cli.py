@@ -176,7 +176,7 @@ def cmd_plot(args) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
   from alignlab.artifacts import ArtifactError, user_io_error
   from alignlab.config import ConfigError
-  from alignlab.pipeline import ExperimentError
+  from alignlab.pipeline import ExperimentError, RunsFailed
   from alignlab.runs import RunDirError
   from alignlab.train.fit import TrainingDiverged
   parser = build_parser()
@@ -201,6 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     message = ' '.join(str(e).split())  # one line, whatever the message held
     print(f'alignlab: error: {message}', file=sys.stderr)
     return 2
+  except RunsFailed as e:  # the experiment ran; some of its runs diverged
+    print(f'alignlab: error: {" ".join(str(e).split())}', file=sys.stderr)
+    return 1
   except Exception as e:  # disk full, permissions, a file where a directory belongs: one line
     line = user_io_error(e)  # (also behind a library's own error); else the traceback stays
     if line is None:

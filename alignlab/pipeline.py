@@ -49,6 +49,11 @@ class ExperimentError(ValueError):
   """An unknown experiment, a missing results table, a plot with nothing to plot."""
 
 
+class RunsFailed(RuntimeError):
+  """Some runs diverged: their results are written, marked failed, and left out of the
+  verdict and the plots."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   name: str
@@ -207,6 +212,8 @@ def make_plots(cfg: ExperimentConfig, df: pd.DataFrame, out_dir: Path) -> list[P
   the optimum where the task knows it, the win rates by temperature."""
   _, task = task_of(cfg.task)
   kinds = getattr(task, 'PLOTS', ('frontier', 'win_rates'))
+  if 'status' in df:  # a failed run is never a point
+    df = df[df['status'] != 'failed']
   frontier_csv = out_dir / 'frontier.csv'
   frontier = pd.read_csv(frontier_csv) if frontier_csv.exists() else None
   paths = [plots.plot_frontier(df, out_dir / 'frontier.png', frontier,
@@ -280,6 +287,11 @@ def _run_locked(cfg: ExperimentConfig, out_dir: Path, record: str, *, progress: 
   table = summary(cfg, df)
   (out_dir / 'summary.md').write_text(
       f'# {cfg.name}\n\nBest point per method (`results.csv`):\n\n```\n{table}\n```\n')
+  failed = runs.failures(out_dir)
+  if failed:
+    (out_dir / 'summary.md').write_text((out_dir / 'summary.md').read_text() + '\nFailed runs '
+        '(no point of theirs is above):\n\n' + ''.join(
+            f'- {name}: {f["reason"]} at step {f["step"]}\n' for name, f in failed))
   if verbose:
     print(f'{cfg.name}: {len(df)} evaluation points from '
           f'{df["run"].nunique() if len(df) else 0} runs in {timings["total_s"]:.0f} s; '
@@ -287,6 +299,10 @@ def _run_locked(cfg: ExperimentConfig, out_dir: Path, record: str, *, progress: 
     print(f'\nbest point per method ({results_csv}):\n{table}')
     for path in figures:
       print(f'plot: {path}')
+  if failed:
+    raise RunsFailed(f'{len(failed)} run(s) failed and give no point: ' + '; '.join(
+        f'{name} ({f["reason"]} at step {f["step"]})' for name, f in failed[:3])
+        + (' …' if len(failed) > 3 else '') + f'; see failed.json in their run dirs under {out_dir}')
   return ExperimentResult(out_dir=out_dir, df=df, results_csv=results_csv, plots=figures,
                           table=table)
 

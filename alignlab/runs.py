@@ -231,12 +231,25 @@ def run_dirs(out_dir: str | Path) -> list[Path]:
   return sorted(p.parent for p in Path(out_dir).glob('*/config.json'))
 
 
+def status(run: str | Path) -> str:
+  """'done', 'failed' (a non-finite loss, gradient or evaluation: `failed.json`) or 'running'."""
+  run = Path(run)
+  return 'failed' if (run / 'failed.json').exists() else 'done' if is_complete(run) else 'running'
+
+
+def failures(out_dir: str | Path) -> list[tuple[str, dict]]:
+  """(run name, failure record) of every failed run under `out_dir`."""
+  return [(run.name, _read_json(run / 'failed.json')) for run in run_dirs(out_dir)
+          if status(run) == 'failed']
+
+
 def _identity(run: Path) -> dict[str, Any]:
   record = _read_json(run / 'config.json')
   hparams = record.get('hparams') or {}
   name, value = next(iter(hparams.items()), (None, math.nan))
   return {'method': record['method'], 'hparam': name.rstrip('_') if name else '',
-          'hparam_value': value, 'seed': record.get('seed', 0), 'run': run.name}
+          'hparam_value': value, 'seed': record.get('seed', 0), 'run': run.name,
+          'status': status(run)}
 
 
 def _ordered(df: pd.DataFrame, first: tuple[str, ...]) -> pd.DataFrame:
@@ -270,7 +283,9 @@ def collect_win_rates(out_dir: str | Path) -> pd.DataFrame:
 
 def best_points(df: pd.DataFrame, by: str = 'objective', mode: str = 'max') -> pd.DataFrame:
   """Per method, the evaluation point (mean over seeds at equal method, hyperparameter and
-  step) with the best `by`."""
+  step) with the best `by`. A failed run gives no point: its rows are left out."""
+  if 'status' in df:
+    df = df[df['status'] != 'failed'].drop(columns='status')
   if not len(df):
     return df
   keys = ['method', 'hparam', 'hparam_value', 'step']
