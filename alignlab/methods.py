@@ -47,18 +47,36 @@ from alignlab.train import ppo, preference, sft
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Offline methods (the DPO family, Unlikelihood, Preferred-FT). A decaying schedule with
-  `optimizer.total_steps=0` decays over `steps`."""
+  `optimizer.total_steps=0` decays over `steps`.
+
+  The protocol: `steps` is the budget; `eval_points` > 0 evaluates on a geometric grid of that
+  many steps (else every `eval_every`); a run whose evaluated KL(π‖π_ref) reaches `kl_cap`
+  nats (0: no cap) stops there, so every method traces its path over the same KL range."""
   steps: int = 400
   batch_size: int = 128
   eval_every: int = 50
   save_every: int = 100
   log_every: int = 1
   optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3, schedule='cosine')
+  eval_points: int = 0
+  kl_cap: float = 0.0
 
   def resolved_optimizer(self) -> OptimizerConfig:
     if self.optimizer.schedule != 'constant' and not self.optimizer.total_steps:
       return dataclasses.replace(self.optimizer, total_steps=self.steps)
     return self.optimizer
+
+
+def eval_steps(steps: int, eval_points: int) -> list[int] | None:
+  return fit_lib.eval_schedule(steps, eval_points) if eval_points else None
+
+
+def kl_cap_rule(cap: float):
+  """The stopping rule of a frontier: stop once the evaluated KL reaches `cap` nats."""
+  if not cap:
+    return None
+  return lambda row: (f'kl {row["kl"]:.3g} ≥ cap {cap:g}'
+                      if row.get('kl', 0.0) >= cap else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +92,24 @@ class RLConfig:
   eval_every: int = 20
   save_every: int = 0  # 0: at every evaluation
   kl_coef: float = 0.05  # the adaptive controller's initial β
-  kl_horizon: float = 10_000.0  # episodes, adaptive controller
+  # Episodes; 0: set from the run's size so that the controller can move β by `kl_range`× in
+  # a third of the run (`auto_kl_horizon`), so that a KL target is reached and held.
+  kl_horizon: float = 0.0
+  kl_range: float = 50.0
+  eval_points: int = 0  # > 0: a geometric grid of evaluation iterations (else eval_every)
+  kl_cap: float = 0.0  # stop a run once its evaluated KL reaches this many nats (0: no cap)
+
+
+def auto_kl_horizon(rl: RLConfig, episodes_per_iteration: int) -> float:
+  """The horizon H of the adaptive KL controller (Ziegler et al. 2019, arXiv 1909.08593, §2.2:
+  β ← β·(1 + e·n/H), |e| ≤ 0.2) at which β can change by `rl.kl_range`× within a third of the
+  run's iterations: (1 + 0.2·n/H)^(I/3) = range. Ziegler et al.'s fixed H = 10,000 episodes
+  suits their 2 M episodes; at alignlab's thousands it would let β move by < 1 % per
+  iteration, so a KL target would never be reached."""
+  if rl.kl_horizon:
+    return rl.kl_horizon
+  per_iteration = rl.kl_range ** (3.0 / max(rl.iterations, 1)) - 1.0
+  return 0.2 * episodes_per_iteration / per_iteration
 
 
 def train_preference(env: dict, name: str, runs_: list[tuple[Any, int]], cfg, out_dir: Path,
@@ -115,7 +150,8 @@ def train_preference(env: dict, name: str, runs_: list[tuple[Any, int]], cfg, ou
       configs=[_config(dirs[i]) for i in todo],
       ref_params=env['ref_params'] if spec.get('ref_per_batch') else None, mesh=env['mesh'],
       save_every=tc.save_every, eval_fn=eval_fn, eval_every=tc.eval_every,
-      log_every=tc.log_every, desc=name, progress=progress)
+      log_every=tc.log_every, desc=name, progress=progress,
+      eval_steps=eval_steps(tc.steps, tc.eval_points), stop_fn=kl_cap_rule(tc.kl_cap))
   for r, i in enumerate(todo):
     if failed[r] is None:
       runs.write_jsonl(dirs[i] / 'win_rate.jsonl',
@@ -136,7 +172,8 @@ def _ppo_config(env: dict, rl: RLConfig, spec: dict, value: float, seed: int) ->
       ppo_epochs=rl.epochs, num_minibatches=rl.minibatches,
       kl_coef=rl.kl_coef if spec['adaptive'] else value,
       kl_controller='adaptive' if spec['adaptive'] else 'fixed',
-      kl_target=value if spec['adaptive'] else 6.0, kl_horizon=rl.kl_horizon, seed=seed,
+      kl_target=value if spec['adaptive'] else 6.0,
+      kl_horizon=auto_kl_horizon(rl, max(rl.rollouts // k, 1) * k), seed=seed,
       save_every=rl.save_every or rl.eval_every)
 
 
@@ -174,12 +211,27 @@ def train_rl(env: dict, name: str, runs_: list[tuple[Any, int]], cfg, out_dir: P
           value=value_model, gold=env['gold'] if model_reward else None,
           eval_fn=lambda st, step: env['evaluate'](st['policy'], beta),
           eval_every=cfg.rl.eval_every, mesh=env['mesh'], progress=progress,
-          config=_config(run))
+          config=_config(run), eval_steps=eval_steps(cfg.rl.iterations, cfg.rl.eval_points),
+          stop_fn=kl_cap_rule(cfg.rl.kl_cap))
     except fit_lib.TrainingDiverged:
       continue  # recorded in the run dir's failed.json by the loop
     runs.write_jsonl(run / 'win_rate.jsonl', env['win_rates'](state['policy']))
-    runs.mark_complete(run, wall_s=time.perf_counter() - t0)
+    runs.mark_complete(run, wall_s=time.perf_counter() - t0,
+                       **(target_check(run, value) if spec['adaptive'] else {}))
   return trained
+
+
+KL_TARGET_TOLERANCE = 0.25  # a run's final KL within ±25 % of its target meets it
+
+
+def target_check(run: Path, target: float) -> dict:
+  """The adaptive controller's target against the KL its run reached (the last evaluation):
+  a miss is recorded (`done.json`, then the `kl_target_met` column of results.csv) and
+  flagged in the verdict, never plotted as if the target had been met."""
+  last = fit_lib.read_last(run / 'eval.jsonl') or {}
+  kl = float(last.get('kl', float('nan')))
+  return {'kl_target': float(target), 'kl_final': kl,
+          'kl_target_met': bool(abs(kl - target) <= KL_TARGET_TOLERANCE * target)}
 
 
 def best_of_n(env: dict, name: str, runs_: list[tuple[Any, int]], cfg, out_dir: Path,

@@ -37,6 +37,7 @@ import pandas as pd
 
 from alignlab import methods as methods_lib
 from alignlab import plots, runs, sharding
+from alignlab import verdict as verdict_lib
 from alignlab.config import ConfigError, MeshConfig, apply_overrides, config_hash, to_dict
 from alignlab.methods import METHODS, RLConfig, Sweeps, TrainConfig
 from alignlab.tasks import task_of
@@ -64,6 +65,7 @@ class ExperimentConfig:
   rl: RLConfig = RLConfig()
   seeds: tuple[int, ...] = (0,)
   mesh: MeshConfig = MeshConfig()
+  kl_budgets: tuple[float, ...] = verdict_lib.BUDGETS  # the verdict's KL budgets (nats)
 
 
 @dataclasses.dataclass
@@ -285,18 +287,29 @@ def _run_locked(cfg: ExperimentConfig, out_dir: Path, record: str, *, progress: 
     win_rates.to_csv(out_dir / 'win_rates.csv', index=False)
   figures = make_plots(cfg, df, out_dir)
   table = summary(cfg, df)
-  (out_dir / 'summary.md').write_text(
-      f'# {cfg.name}\n\nBest point per method (`results.csv`):\n\n```\n{table}\n```\n')
+  by, mode = getattr(task_of(cfg.task)[1], 'VERDICT', ('gold_reward', 'max'))
+  verdict_md = verdict_lib.verdict_markdown(
+      verdict_lib.verdict(df, budgets=cfg.kl_budgets, by=by, mode=mode), by=by,
+      beta=getattr(cfg.task, 'eval_beta', None))
   failed = runs.failures(out_dir)
-  if failed:
-    (out_dir / 'summary.md').write_text((out_dir / 'summary.md').read_text() + '\nFailed runs '
-        '(no point of theirs is above):\n\n' + ''.join(
-            f'- {name}: {f["reason"]} at step {f["step"]}\n' for name, f in failed))
+  stage_s = timings['stages_s']
+  cost = ', '.join(f'{k[:-2]} {v:.0f} s' for k, v in timings.items() if k not in ('total_s',))
+  (out_dir / 'summary.md').write_text(
+      f'# {cfg.name}\n\n'
+      f'{df["run"].nunique() if len(df) else 0} runs, {len(df)} evaluation points; '
+      f'{timings["total_s"]:.0f} s (stages {stage_s:.0f} s; {cost}).\n\n'
+      f'## Verdict: best {by} at each KL budget\n\n{verdict_md}\n'
+      f'## Best point per method (`results.csv`)\n\n```\n{table}\n```\n'
+      + ('\n## Failed runs (they give no point)\n\n' + ''.join(
+          f'- {name}: {f["reason"]} at step {f["step"]}\n' for name, f in failed)
+         if failed else ''))
   if verbose:
     print(f'{cfg.name}: {len(df)} evaluation points from '
           f'{df["run"].nunique() if len(df) else 0} runs in {timings["total_s"]:.0f} s; '
           f'results: {results_csv}')
     print(f'\nbest point per method ({results_csv}):\n{table}')
+    print(f'\nverdict: best {by} at each KL budget (95 % intervals; {out_dir / "summary.md"}):'
+          f'\n{verdict_md}')
     for path in figures:
       print(f'plot: {path}')
   if failed:

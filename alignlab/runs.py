@@ -247,9 +247,12 @@ def _identity(run: Path) -> dict[str, Any]:
   record = _read_json(run / 'config.json')
   hparams = record.get('hparams') or {}
   name, value = next(iter(hparams.items()), (None, math.nan))
+  done = _read_json(run / 'done.json') if is_complete(run) else {}
+  stopped = _read_json(run / 'stopped.json') if (run / 'stopped.json').exists() else {}
   return {'method': record['method'], 'hparam': name.rstrip('_') if name else '',
           'hparam_value': value, 'seed': record.get('seed', 0), 'run': run.name,
-          'status': status(run)}
+          'status': status(run), 'stopped': stopped.get('reason', ''),
+          'kl_target_met': done.get('kl_target_met', math.nan)}
 
 
 def _ordered(df: pd.DataFrame, first: tuple[str, ...]) -> pd.DataFrame:

@@ -39,7 +39,7 @@ def test_exact_dpo_with_a_huge_learning_rate_fails_cleanly(tmp_path, capsys):
   assert (dpo['step'] < record['step']).all()  # no point at or after the failure
   summary = (out / 'summary.md').read_text()
   assert 'Failed runs' in summary and 'dpo-beta1-seed0' in summary
-  table = summary.split('Failed runs')[0]
+  table = summary.split('## Failed runs')[0]
   assert 'best_of_n' in table and '\n   dpo ' not in table and '\n         dpo' not in table
 
 

@@ -165,5 +165,6 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
   return env
 
 
+VERDICT = ('objective', 'max')
 BEST_BY = ('objective', 'max')
 PLOTS = ('frontier',)

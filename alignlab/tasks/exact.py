@@ -306,5 +306,6 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
   return env
 
 
+VERDICT = ('gap_fraction', 'min')  # how far from π* at each KL budget
 BEST_BY = ('gap_fraction', 'min')
 PLOTS = ('frontier', 'gap', 'win_rates')

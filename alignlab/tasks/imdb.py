@@ -377,5 +377,6 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
   return env
 
 
+VERDICT = ('gold_reward', 'max')  # the paper's Fig. 2: gold reward at each KL
 BEST_BY = ('objective', 'max')
 PLOTS = ('frontier', 'win_rates')

@@ -34,6 +34,7 @@ import dataclasses
 import functools
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -51,6 +52,7 @@ from alignlab.train.optim import make_optimizer
 from alignlab.train.step import init_state, make_train_step
 
 FAILED = 'failed.json'
+STOPPED = 'stopped.json'
 # Evaluation keys whose non-finite value fails a run: a point computed from a NaN policy.
 EVAL_FINITE_KEYS = ('gold_reward', 'kl', 'objective')
 
@@ -189,6 +191,24 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
   path.write_text(''.join(line + '\n' for line in keep))
 
 
+def read_last(path: Path) -> dict | None:
+  """The last record of a jsonl file, or None."""
+  if not path.exists():
+    return None
+  lines = [line for line in path.read_text().splitlines() if line.strip()]
+  return json.loads(lines[-1]) if lines else None
+
+
+def eval_schedule(n_steps: int, points: int) -> list[int]:
+  """`points` evaluation steps in (0, n_steps], geometric (1, 2, 4, … in spirit): dense early,
+  where a policy moves fastest, sparse late; n_steps always included. Step 0 is evaluated
+  apart."""
+  if n_steps <= 0 or points <= 0:
+    return []
+  grid = np.unique(np.round(np.geomspace(1, n_steps, points)).astype(int))
+  return sorted(set(grid.tolist()) | {n_steps})
+
+
 def _append(path: Path, step: int, row: dict) -> None:
   with path.open('a') as f:
     f.write(json.dumps({'step': step, **row}) + '\n')
@@ -229,7 +249,10 @@ def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_st
          stack: Callable[[list], Any] | None = None,
          save_every: int = 0, eval_fn: Callable[[Any, int], list[dict]] | None = None,
          eval_every: int = 0, log_every: int = 1, desc: str = 'train', progress: bool = True,
-         stop_after: int | None = None) -> tuple[Any, list[dict | None]]:
+         stop_after: int | None = None, eval_steps: Sequence[int] | None = None,
+         stop_fn: Callable[[dict], str | None] | None = None,
+         freeze: Callable[[int], None] | None = None,
+         cost_per_step: dict[str, float] | None = None) -> tuple[Any, list[dict | None]]:
   """Runs `step_fn(state, *feed_at(step)) -> (state, metrics)` from the newest checkpoint all
   runs have saved (or from `state`) to `n_steps`; returns (state, failures), one failure
   record (or None) per run.
@@ -238,7 +261,15 @@ def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_st
   state is stacked (`take(state, r)` gives run r's, `stack(states)` the inverse), metrics
   have a leading run axis and `eval_fn` returns R rows. Every run logs into its own run dir:
   `metrics.jsonl`, `eval.jsonl`, `checkpoints/`. `stop_after` ends early after that many
-  steps (to simulate an interruption)."""
+  steps (to simulate an interruption).
+
+  The protocol of a frontier (docs/design.md §6): evaluations at step 0 and at `eval_steps`
+  (e.g. `eval_schedule`'s geometric grid; else every `eval_every`), and a stopping rule:
+  `stop_fn(row) -> reason | None` on each evaluation (a KL cap). A run that stops is frozen
+  (`freeze(r)`: its learning rate set to 0, so its parameters stay those evaluated last),
+  is neither evaluated nor logged again, and records `stopped.json`; the loop ends when every
+  run has stopped or failed. Each evaluation row gets its cost: `wall_s` and, per
+  `cost_per_step`, e.g. `train_tokens` and `train_flops` times the steps taken."""
   run_dirs = [Path(d) for d in run_dirs]
   n_runs = len(run_dirs)
   take = take or (lambda s, r: s)
@@ -263,6 +294,19 @@ def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_st
     failed: list[dict | None] = [None] * n_runs
     for d in run_dirs:
       (d / FAILED).unlink(missing_ok=True)  # a rerun starts from the last finite checkpoint
+    stopped: list[dict | None] = [None] * n_runs
+    for r, d in enumerate(run_dirs):
+      record = json.loads((d / STOPPED).read_text()) if (d / STOPPED).exists() else None
+      if record is not None and record['step'] <= start:
+        stopped[r] = record  # stopped before the step we resume from: frozen again
+        if freeze is not None:
+          freeze(r)
+      else:
+        (d / STOPPED).unlink(missing_ok=True)  # replayed: it stops again where it did
+    last_rows = [read_last(p) for p in eval_paths]
+    wall0 = [row.get('wall_s', 0.0) if row else 0.0 for row in last_rows]
+    t_start = time.perf_counter()
+    eval_at = set(eval_steps) if eval_steps is not None else None
 
     def fail(r: int, step: int, reason: str) -> None:
       if failed[r] is None:
@@ -276,13 +320,21 @@ def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_st
       if len(rows) != n_runs:
         raise ValueError(f'eval_fn returned {len(rows)} rows for {n_runs} runs')
       for r, (path, row) in enumerate(zip(eval_paths, rows)):
-        if failed[r] is not None:
+        if failed[r] is not None or stopped[r] is not None:
           continue
         bad = [k for k in EVAL_FINITE_KEYS if k in row and not math.isfinite(row[k])]
         if bad:
           fail(r, step, f'non-finite evaluation ({", ".join(f"{k}={row[k]}" for k in bad)})')
-        else:
-          _append(path, step, row)
+          continue
+        row = {**row, 'wall_s': wall0[r] + time.perf_counter() - t_start,
+               **{k: v * step for k, v in (cost_per_step or {}).items()}}
+        _append(path, step, row)
+        reason = stop_fn(row) if stop_fn is not None else None
+        if reason is not None:
+          stopped[r] = {'step': step, 'reason': reason}
+          (run_dirs[r] / STOPPED).write_text(json.dumps(stopped[r]))
+          if freeze is not None:
+            freeze(r)
 
     def save(step):
       for r, c in enumerate(ckpts):
@@ -293,7 +345,7 @@ def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_st
           else:
             fail(r, step, 'non-finite parameters')
 
-    if eval_fn is not None and eval_every and start == 0:
+    if eval_fn is not None and (eval_every or eval_at) and start == 0:
       for path in eval_paths:
         path.unlink(missing_ok=True)
       evaluate(0)
@@ -307,12 +359,14 @@ def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_st
       if ok is not None:  # accumulated on the device: no host sync per step
         finite_R = ok if finite_R is None else finite_R & ok
       checkpoint = save_every and done % save_every == 0 and done != end
-      evaluation = eval_fn is not None and eval_every and (done % eval_every == 0 or done == n_steps)
+      evaluation = eval_fn is not None and (
+          done in eval_at if eval_at is not None else
+          bool(eval_every) and (done % eval_every == 0 or done == n_steps))
       if done % log_every == 0 or done == end or checkpoint or evaluation:
         host = _host(metrics)
         oks = np.atleast_1d(np.asarray(finite_R)) if finite_R is not None else None
         for r, path in enumerate(metrics_paths):
-          if failed[r] is not None:
+          if failed[r] is not None or stopped[r] is not None:
             continue
           row = {k: float(v[r]) for k, v in host.items()}
           if (oks is not None and not oks[r]) or not math.isfinite(row['loss']):
@@ -323,7 +377,8 @@ def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_st
         if finite_loss.size:
           bar.set_postfix(loss=f'{finite_loss.mean():.4f}')
       bar.update(1)
-      if all(f is not None for f in failed):
+      if all(f is not None or t is not None for f, t in zip(failed, stopped)):
+        end = done  # every run has stopped or failed: nothing left to train
         break
       if checkpoint:
         save(done)
@@ -348,9 +403,11 @@ def fit_runs(loss_fn: Callable, params: Any, data: RunBatches | Callable[[int], 
              grad_accum: int = 1, save_every: int = 0,
              eval_fn: Callable[[dict, int], list[dict]] | None = None, eval_every: int = 0,
              log_every: int = 1, desc: str = 'train', progress: bool = True,
-             stop_after: int | None = None,
+             stop_after: int | None = None, eval_steps: Sequence[int] | None = None,
+             stop_fn: Callable[[dict], str | None] | None = None,
              runs_per_chunk: int | str | None = 'auto') -> tuple[dict, list[dict | None]]:
-  """Trains R runs as one program; returns (state_R, failures). See the module docstring."""
+  """Trains R runs as one program; returns (state_R, failures). See the module docstring and
+  `loop` (the evaluation schedule and the stopping rule)."""
   mesh = mesh if mesh is not None else sharding.make_mesh()
   n_runs = len(run_dirs)
   if len(configs) != n_runs:
@@ -373,6 +430,12 @@ def fit_runs(loss_fn: Callable, params: Any, data: RunBatches | Callable[[int], 
   runs_sh = NamedSharding(mesh, P(axis))
   hp = jax.device_put(hp, runs_sh)
   shared = {} if ref_params is None else {'ref_params': ref_params}
+  live = {'hp': hp}  # a stopped run trains on at learning rate 0: its parameters stay put
+
+  def freeze(r: int) -> None:
+    h = dict(live['hp'])
+    h['learning_rate'] = jax.device_put(h['learning_rate'].at[r].set(0.0), runs_sh)
+    live['hp'] = h
   step = _runs_step(loss_fn, optimizer, tx, grad_accum, gather,
                     resolve_runs_per_chunk(runs_per_chunk, axis), state_sh, runs_sh, mesh, axis,
                     shared)
@@ -382,20 +445,43 @@ def fit_runs(loss_fn: Callable, params: Any, data: RunBatches | Callable[[int], 
     indices_sh = NamedSharding(mesh, P(axis, _batch_axes(axis)))
 
     def feed_at(i):
-      return arrays, jax.device_put(data.indices(i), indices_sh), hp, shared
+      return arrays, jax.device_put(data.indices(i), indices_sh), live['hp'], shared
   else:
     batch_sh = NamedSharding(mesh, P(_batch_axes(axis)))
 
     def feed_at(i):
-      return jax.device_put({k: np.asarray(v) for k, v in data(i).items()}, batch_sh), hp, shared
+      return (jax.device_put({k: np.asarray(v) for k, v in data(i).items()}, batch_sh),
+              live['hp'], shared)
 
   def stack(slices):
     return jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *slices), state_sh)
 
   with sharding.use_mesh(mesh):
     return loop(step, state_R, feed_at, n_steps=n_steps, run_dirs=run_dirs, configs=configs,
-                take=run_state, stack=stack, save_every=save_every, eval_fn=eval_fn, eval_every=eval_every,
-                log_every=log_every, desc=desc, progress=progress, stop_after=stop_after)
+                take=run_state, stack=stack, save_every=save_every, eval_fn=eval_fn,
+                eval_every=eval_every, log_every=log_every, desc=desc, progress=progress,
+                stop_after=stop_after, eval_steps=eval_steps, stop_fn=stop_fn, freeze=freeze,
+                cost_per_step=step_cost(params, data, grad_accum))
+
+
+def n_params(params: Any) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def step_cost(params: Any, data: RunBatches | Callable[[int], dict], grad_accum: int = 1) -> dict:
+  """Per training step of one run: the token positions it runs forward and backward
+  (`train_tokens`, padding included: what the device computes) and its model FLOPs,
+  6 · parameters · tokens (forward + backward; Kaplan et al. 2020, arXiv 2001.08361 §2.1)."""
+  del grad_accum  # accumulation splits a batch; the tokens of a step are the same
+  batch = ({k: v[:1] for k, v in data.arrays.items()} if isinstance(data, RunBatches)
+           else data(0))
+  rows = data.per_run[0].batch_size if isinstance(data, RunBatches) else None
+  tokens = 0
+  for key, value in batch.items():
+    if key == 'tokens' or key.endswith('_tokens'):
+      shape = np.shape(value)
+      tokens += (rows if rows is not None else shape[0]) * int(np.prod(shape[1:]))
+  return {'train_tokens': float(tokens), 'train_flops': 6.0 * n_params(params) * tokens}
 
 
 _STEPS: collections.OrderedDict = collections.OrderedDict()  # a few recent jitted steps

@@ -411,12 +411,27 @@ def make_iteration(cfg: PPOConfig, policy_graphdef, ref_params, reward: RewardMo
   return iteration
 
 
+def episode_cost(cfg: PPOConfig, policy_params, prompt_shape: tuple[int, int]) -> dict:
+  """Per iteration: the sequences sampled (`generated_tokens` new tokens), and the model FLOPs
+  of the policy and, for PPO, the value model (2·N per token forward, 6·N forward + backward;
+  Kaplan et al. 2020, arXiv 2001.08361 §2.1): sampling, the π_ref and old-policy forwards, and
+  `ppo_epochs` updates of every token (the reward model's scoring forward is counted once)."""
+  n = float(sum(np.prod(x.shape) for x in jax.tree.leaves(policy_params)))
+  rows = prompt_shape[0] * cfg.samples_per_prompt
+  tokens = rows * (prompt_shape[1] + cfg.sampling.max_new_tokens)
+  models = 2 if cfg.uses_value else 1
+  flops = n * tokens * (2 + 2 + 2 + 2 * models + 6 * cfg.ppo_epochs * models)
+  return {'generated_tokens': float(rows * cfg.sampling.max_new_tokens),
+          'train_tokens': float(tokens * cfg.ppo_epochs), 'train_flops': flops}
+
+
 def train_ppo(cfg: PPOConfig, policy: tuple[Any, dict], ref_params: dict,
               reward: RewardModel | GoldReward, prompts_fn: Callable[[int], Any],
               run_dir: str | Path, *, value: tuple[Any, dict] | None = None,
               gold: GoldReward | None = None, eval_fn: Callable[[dict, int], dict] | None = None,
               eval_every: int = 0, mesh=None, progress: bool = True,
-              stop_after: int | None = None, config: Any = None) -> dict:
+              stop_after: int | None = None, config: Any = None,
+              eval_steps: list[int] | None = None, stop_fn: Callable | None = None) -> dict:
   """Trains the policy for `cfg.n_iterations` rollout + update iterations; returns the state.
 
   - `policy` = (graphdef, params) of a `CausalLM` (the initial policy, usually π_ref);
@@ -434,6 +449,9 @@ def train_ppo(cfg: PPOConfig, policy: tuple[Any, dict], ref_params: dict,
     `eval.jsonl` (`eval_fn(state, step)` every `eval_every`). A run is resumed from the latest
     checkpoint and replays exactly; a non-finite loss stops it (`TrainingDiverged`) with the
     last good checkpoint kept. `stop_after` ends early (to simulate an interruption).
+  - `eval_steps` and `stop_fn` are `train/fit.py`'s protocol (`loop`): evaluation steps and a
+    stopping rule on each evaluation; each evaluation row records the iterations' cost
+    (`episode_cost`).
   """
   cfg.validate()
   mesh = mesh if mesh is not None else sharding.make_mesh()
@@ -459,7 +477,9 @@ def train_ppo(cfg: PPOConfig, policy: tuple[Any, dict], ref_params: dict,
         iteration, state, lambda step: (prompts_at(step), hparams), n_steps=cfg.n_iterations,
         run_dirs=[run_dir], configs=[run_config], save_every=cfg.save_every,
         eval_fn=None if eval_fn is None else (lambda st, step: [eval_fn(st, step)]),
-        eval_every=eval_every, desc=f'{cfg.algorithm}', progress=progress, stop_after=stop_after)
+        eval_every=eval_every, desc=f'{cfg.algorithm}', progress=progress, stop_after=stop_after,
+        eval_steps=eval_steps, stop_fn=stop_fn,
+        cost_per_step=episode_cost(cfg, policy_params, prompts_fn(0)[0].shape))
   if failed[0] is not None:
     raise TrainingDiverged(diverged_message(cfg.algorithm, failed[0], run_dir))
   return state
