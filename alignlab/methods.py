@@ -93,22 +93,26 @@ class RLConfig:
   save_every: int = 0  # 0: at every evaluation
   kl_coef: float = 0.05  # the adaptive controller's initial β
   # Episodes; 0: set from the run's size so that the controller can move β by `kl_range`× in
-  # a third of the run (`auto_kl_horizon`), so that a KL target is reached and held.
+  # half of the run (`auto_kl_horizon`), so that a KL target is reached and held.
   kl_horizon: float = 0.0
-  kl_range: float = 50.0
+  kl_range: float = 20.0
+  # What the controller sees: the exact per-token KL summed over each sampled response
+  # (`train/rollout.py`), not the single-sample k1, whose noise (even negative values at small
+  # KL) drives β the wrong way at alignlab's batch sizes.
+  kl_measure: str = 'exact'
   eval_points: int = 0  # > 0: a geometric grid of evaluation iterations (else eval_every)
   kl_cap: float = 0.0  # stop a run once its evaluated KL reaches this many nats (0: no cap)
 
 
 def auto_kl_horizon(rl: RLConfig, episodes_per_iteration: int) -> float:
   """The horizon H of the adaptive KL controller (Ziegler et al. 2019, arXiv 1909.08593, §2.2:
-  β ← β·(1 + e·n/H), |e| ≤ 0.2) at which β can change by `rl.kl_range`× within a third of the
-  run's iterations: (1 + 0.2·n/H)^(I/3) = range. Ziegler et al.'s fixed H = 10,000 episodes
+  β ← β·(1 + e·n/H), |e| ≤ 0.2) at which β can change by `rl.kl_range`× within half of the
+  run's iterations: (1 + 0.2·n/H)^(I/2) = range. Ziegler et al.'s fixed H = 10,000 episodes
   suits their 2 M episodes; at alignlab's thousands it would let β move by < 1 % per
   iteration, so a KL target would never be reached."""
   if rl.kl_horizon:
     return rl.kl_horizon
-  per_iteration = rl.kl_range ** (3.0 / max(rl.iterations, 1)) - 1.0
+  per_iteration = rl.kl_range ** (2.0 / max(rl.iterations, 1)) - 1.0
   return 0.2 * episodes_per_iteration / per_iteration
 
 
@@ -173,7 +177,8 @@ def _ppo_config(env: dict, rl: RLConfig, spec: dict, value: float, seed: int) ->
       kl_coef=rl.kl_coef if spec['adaptive'] else value,
       kl_controller='adaptive' if spec['adaptive'] else 'fixed',
       kl_target=value if spec['adaptive'] else 6.0,
-      kl_horizon=auto_kl_horizon(rl, max(rl.rollouts // k, 1) * k), seed=seed,
+      kl_horizon=auto_kl_horizon(rl, max(rl.rollouts // k, 1) * k), kl_measure=rl.kl_measure,
+      seed=seed,
       save_every=rl.save_every or rl.eval_every)
 
 

@@ -23,9 +23,10 @@ SWEEPS = Sweeps(dpo=(0.1, 0.3, 1.0, 3.0), ipo=(0.3, 1.0), cdpo=(0.3,), kto=(0.3,
 # The RL learning rate decays linearly to 0, so the policy settles instead of wandering around
 # the optimum at the noise floor; the adaptive controller starts at the task's eval β.
 RL = RLConfig(iterations=80, rollouts=8 * 32, group_size=4, learning_rate=1e-3, schedule='linear',
-              epochs=4, minibatches=4, eval_every=20, kl_coef=0.3)
+              epochs=4, minibatches=4, eval_every=20, eval_points=6, kl_coef=0.3)
 TRAIN = TrainConfig(steps=400, batch_size=128, eval_every=50, save_every=100, log_every=10,
-                    optimizer=OptimizerConfig(learning_rate=1e-3, schedule='cosine'))
+                    optimizer=OptimizerConfig(learning_rate=1e-3, schedule='cosine'),
+                    eval_points=8)
 
 
 def get_config(variant: str) -> ExperimentConfig:
@@ -48,13 +49,13 @@ def get_config(variant: str) -> ExperimentConfig:
         sweeps=dataclasses.replace(SWEEPS, dpo=(0.3, 1.0), ipo=(0.3,), orpo=(0.1,),
                                    unlikelihood=(0.1,), best_of_n=(2, 8), ppo=(1.0,)),
         rl=dataclasses.replace(RL, iterations=3, rollouts=3 * 8, epochs=1, minibatches=1,
-                               eval_every=3))
+                               eval_every=3, eval_points=0))
   if variant == 'paper':
     return dataclasses.replace(
         base,
         task=exact.Config(sft=exact.SFTConfig(samples_per_prompt=8192, steps=1500),
                           pairs=exact.PairsConfig(pairs_per_prompt=8192, heldout_per_prompt=512)),
-        train=dataclasses.replace(TRAIN, steps=2000, eval_every=100, save_every=200),
+        train=dataclasses.replace(TRAIN, steps=2000, eval_points=12, save_every=200),
         rl=dataclasses.replace(RL, iterations=300),
         sweeps=dataclasses.replace(SWEEPS, dpo=(0.05, 0.1, 0.3, 1.0, 3.0), ipo=(0.1, 0.3, 1.0),
                                    cdpo=(0.1, 0.3, 1.0), kto=(0.1, 0.3, 1.0),

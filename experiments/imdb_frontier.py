@@ -13,18 +13,21 @@ from alignlab.pipeline import ExperimentConfig, unknown_variant
 from alignlab.tasks import imdb
 from alignlab.tasks.imdb_data import ImdbConfig
 
-VARIANTS = ('tiny', 'quick', 'paper')
+VARIANTS = ('tiny', 'quick', 'standard', 'paper')
 METHODS = ('sft', 'dpo', 'unlikelihood', 'ipo', 'cdpo', 'simpo', 'orpo', 'kto', 'preferred_ft',
            'ppo', 'ppo_gt', 'rloo', 'grpo', 'best_of_n')
 SWEEPS = Sweeps(dpo=(0.05, 0.1, 1.0, 5.0), unlikelihood=(0.05, 0.1, 0.5, 1.0), ipo=(0.1,),
                 cdpo=(0.1,), simpo=(2.0,), orpo=(0.1,), kto=(0.1,), ppo=(3.0, 6.0, 9.0, 12.0),
                 ppo_gt=(0.05,), rloo=(0.05,), grpo=(0.05,), best_of_n=(1, 2, 4, 8, 16))
+# The protocol, not a budget: every run is evaluated on a geometric grid of steps and stops
+# once its KL reaches the cap (or at the step budget), so that DPO-family and RLHF-family
+# runs trace the same KL range.
 TRAIN = TrainConfig(steps=150, batch_size=32, eval_every=25, save_every=0, log_every=1,
                     optimizer=OptimizerConfig(name='adamw', learning_rate=1e-4, warmup_steps=15))
-# 32 sequences per iteration; the adaptive controller starts at β = 0.05 with a 2,000-episode
-# horizon (Ziegler et al. 2019 use 10k at larger batch).
+# 32 sequences per iteration; the adaptive controller starts at β = 0.05, its horizon set from
+# the run's size (`methods.auto_kl_horizon`) so that the KL targets are reached and held.
 RL = RLConfig(iterations=60, rollouts=32, group_size=4, learning_rate=1e-4, epochs=4,
-              minibatches=1, eval_every=25, kl_coef=0.05, kl_horizon=2000.0)
+              minibatches=1, eval_every=25, kl_coef=0.05)
 
 
 def get_config(variant: str = 'quick') -> ExperimentConfig:
@@ -59,9 +62,19 @@ def get_config(variant: str = 'quick') -> ExperimentConfig:
         reward_model=imdb.RewardModelConfig(steps=600, batch_size=64, optimizer=OptimizerConfig(
             learning_rate=1e-3, warmup_steps=20)))
     return dataclasses.replace(
-        base, task=task, train=dataclasses.replace(TRAIN, steps=100),
+        base, task=task,
+        train=dataclasses.replace(TRAIN, steps=300, eval_points=7, kl_cap=15.0),
         sweeps=dataclasses.replace(SWEEPS, unlikelihood=(0.1, 1.0), ppo=(3.0, 9.0)),
-        rl=dataclasses.replace(RL, iterations=40, eval_every=10))
+        rl=dataclasses.replace(RL, iterations=40, eval_points=6, kl_cap=15.0))
+  if variant == 'standard':
+    # The reported variant: the quick model and stages, 3 seeds, 512 held-out prompts, a
+    # budget long enough for DPO to reach the KL range PPO reaches (≤ 30 nats).
+    task = dataclasses.replace(get_config('quick').task, n_eval_prompts=512)
+    return dataclasses.replace(
+        base, task=task, seeds=(0, 1, 2),
+        train=dataclasses.replace(TRAIN, steps=1000, eval_points=9, kl_cap=30.0),
+        sweeps=dataclasses.replace(SWEEPS, unlikelihood=(0.1, 1.0), ppo=(3.0, 6.0, 9.0)),
+        rl=dataclasses.replace(RL, iterations=150, eval_points=7, kl_cap=30.0))
   task = imdb.Config(
       tokenizer=TokenizerConfig(vocab_size=8192),
       model=ModelConfig(vocab_size=8192, max_seq_len=128, d_model=256, n_layers=4, n_heads=4),
@@ -72,5 +85,5 @@ def get_config(variant: str = 'quick') -> ExperimentConfig:
       n_eval_prompts=512)
   return dataclasses.replace(
       base, task=task, seeds=(0, 1, 2),
-      train=dataclasses.replace(TRAIN, steps=1500, batch_size=64, eval_every=100),
-      rl=dataclasses.replace(RL, iterations=400, rollouts=64, eval_every=100))
+      train=dataclasses.replace(TRAIN, steps=3000, batch_size=64, eval_points=12, kl_cap=30.0),
+      rl=dataclasses.replace(RL, iterations=400, rollouts=64, eval_points=10, kl_cap=30.0))

@@ -1,0 +1,54 @@
+"""The frontier protocol of `train/fit.py`: a geometric evaluation schedule, a KL cap that stops
+a run (frozen: its parameters stay those evaluated last, and it resumes stopped), and the cost
+each evaluation point records."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from alignlab import cli, runs
+from alignlab.train import fit as fit_lib
+
+
+def test_eval_schedule_is_geometric_and_ends_at_the_budget():
+  steps = fit_lib.eval_schedule(1000, 7)
+  assert steps[0] == 1 and steps[-1] == 1000 and len(steps) == 7
+  gaps = np.diff(steps)
+  assert np.all(gaps > 0) and np.all(np.diff(gaps) >= 0)  # sparser and sparser
+  assert fit_lib.eval_schedule(5, 20) == [1, 2, 3, 4, 5]
+  assert fit_lib.eval_schedule(0, 5) == [] and fit_lib.eval_schedule(10, 0) == []
+
+
+def test_kl_cap_stops_and_freezes_a_run_of_a_vectorized_program(tmp_path):
+  out = tmp_path / 'out'
+  cap = 0.05
+  assert cli.main(['run', 'exact_frontier', '--variant', 'tiny', '--quiet', '--out', str(out),
+                   '--set', "methods=['dpo']", '--set', 'sweeps.dpo=[0.3,3.0]',
+                   '--set', 'task.sft.steps=2', '--set', 'train.steps=40',
+                   '--set', 'train.eval_points=8', '--set', 'train.save_every=0',
+                   '--set', f'train.kl_cap={cap}']) == 0
+  # β = 0.3 moves fast and reaches the cap; β = 3 keeps near π_ref and runs the budget.
+  fast, slow = out / 'dpo-beta0.3-seed0', out / 'dpo-beta3-seed0'
+  stop = json.loads((fast / 'stopped.json').read_text())
+  points = runs.read_jsonl(fast / 'eval.jsonl')
+  assert points[-1]['step'] == stop['step'] and points[-1]['kl'] >= cap
+  assert all(p['kl'] < cap for p in points[:-1])
+  assert [p['step'] for p in points] == [0] + fit_lib.eval_schedule(40, 8)[:len(points) - 1]
+  assert not (slow / 'stopped.json').exists()
+  assert runs.read_jsonl(slow / 'eval.jsonl')[-1]['step'] == 40
+  # Cost: tokens and FLOPs grow with the steps taken; wall time is monotone.
+  assert points[0]['train_tokens'] == 0 and points[-1]['train_flops'] > points[1]['train_flops'] > 0
+  assert np.all(np.diff([p['wall_s'] for p in points]) >= 0)
+  # Frozen at the stop: the final checkpoint's policy is the one evaluated last.
+  from alignlab import pipeline
+  cfg = pipeline.make_config(pipeline.load_experiment('exact_frontier'), 'tiny', [
+      "methods=['dpo']", 'sweeps.dpo=[0.3,3.0]', 'task.sft.steps=2', 'train.steps=40',
+      'train.eval_points=8', 'train.save_every=0', f'train.kl_cap={cap}'])
+  again = pipeline.evaluate_run(cfg, fast)
+  assert again['step'] == 40  # trained on to the budget, at learning rate 0
+  assert again['kl'] == pytest.approx(points[-1]['kl'], abs=1e-6)
+  df = runs.collect_results(out)
+  assert set(df.loc[df['run'] == fast.name, 'stopped']) == {stop['reason']}
