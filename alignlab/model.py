@@ -227,14 +227,20 @@ class Attention(nnx.Module):
                                                  scale=1 / math.sqrt(cfg.head_dim))
       return self._output(out_BxTxHxK), cache
     # Query head g·Q + q reads key/value head g (the grouping of Ainslie et al. 2023 and of
-    # Hugging Face's `repeat_kv`); with G = H this is multi-head attention, Q = 1.
-    q_BxTxGxQxK = q_BxTxHxK.reshape(b, t, g, h // g, kd)
-    scores_BxGxQxTxS = jnp.einsum(f'btgqk,{kv_layout}->bgqts', q_BxTxGxQxK, keys)
-    scores_BxGxQxTxS = scores_BxGxQxTxS.astype(jnp.float32) / math.sqrt(cfg.head_dim)
-    scores_BxGxQxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxGxQxTxS, _NEG_INF)
-    probs_BxGxQxTxS = jax.nn.softmax(scores_BxGxQxTxS, axis=-1).astype(dtype)
-    out_BxTxGxQxK = jnp.einsum(f'bgqts,{kv_layout}->btgqk', probs_BxGxQxTxS, values)
-    return self._output(out_BxTxGxQxK.reshape(b, t, h, kd)), cache
+    # Hugging Face's `repeat_kv`). With G = H (Q = 1) the einsums are written without the
+    # unit axis, so a multi-head model compiles to the program it did before grouped-query
+    # attention existed (same HLO op counts for the sampler). scores/probs: BxHxTxS or
+    # BxGxQxTxS; out: BxTxHxK or BxTxGxQxK.
+    q_layout = 'bthk' if g == h else 'btgqk'
+    kv_layout = kv_layout.replace('g', 'h') if g == h else kv_layout
+    scores_layout = 'bhts' if g == h else 'bgqts'
+    q = q_BxTxHxK if g == h else q_BxTxHxK.reshape(b, t, g, h // g, kd)
+    scores = jnp.einsum(f'{q_layout},{kv_layout}->{scores_layout}', q, keys)
+    scores = scores.astype(jnp.float32) / math.sqrt(cfg.head_dim)
+    mask = mask_BxTxS[:, None] if g == h else mask_BxTxS[:, None, None]
+    probs = jax.nn.softmax(jnp.where(mask, scores, _NEG_INF), axis=-1).astype(dtype)
+    out = jnp.einsum(f'{scores_layout},{kv_layout}->{q_layout}', probs, values)
+    return self._output(out.reshape(b, t, h, kd)), cache
 
   def _output(self, out_BxTxHxK: jax.Array) -> jax.Array:
     dtype = out_BxTxHxK.dtype
