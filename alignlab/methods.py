@@ -138,6 +138,14 @@ def train_preference(env: dict, name: str, runs_: list[tuple[Any, int]], cfg, ou
   todo = [i for i, d in enumerate(dirs) if not runs.is_complete(d)]
   if not todo:
     return 0
+  n_pairs = len(next(iter(data.values())))
+  if tc.batch_size > n_pairs:
+    raise ConfigError(f'train.batch_size={tc.batch_size} exceeds the {n_pairs} training pairs '
+                      f'of task {env["name"]}')
+  shards = env['mesh'].shape['data'] * env['mesh'].shape['fsdp']
+  if tc.batch_size % shards:
+    raise ConfigError(f'train.batch_size={tc.batch_size} does not split over the mesh\'s '
+                      f'{shards} batch shards (mesh.data × mesh.fsdp); use a multiple of {shards}')
   betas = [runs_[i][0] if spec.get('own_beta') else None for i in todo]
 
   def eval_fn(state_R, step):
@@ -147,8 +155,7 @@ def train_preference(env: dict, name: str, runs_: list[tuple[Any, int]], cfg, ou
   t0 = time.perf_counter()
   state_R, failed = fit_lib.fit_runs(
       loss_fn, env['ref_params'],
-      fit_lib.RunBatches(data, min(tc.batch_size, len(next(iter(data.values())))),
-                         [runs_[i][1] for i in todo]),
+      fit_lib.RunBatches(data, tc.batch_size, [runs_[i][1] for i in todo]),
       fit_lib.stack_hparams([rows[i] for i in todo]) if rows[0] else {},
       optimizer=tc.resolved_optimizer(), n_steps=tc.steps, run_dirs=[dirs[i] for i in todo],
       configs=[_config(dirs[i]) for i in todo],

@@ -214,12 +214,14 @@ def make_plots(cfg: ExperimentConfig, df: pd.DataFrame, out_dir: Path) -> list[P
   the optimum where the task knows it, the win rates by temperature."""
   _, task = task_of(cfg.task)
   kinds = getattr(task, 'PLOTS', ('frontier', 'win_rates'))
-  if 'status' in df:  # a failed run is never a point
-    df = df[df['status'] != 'failed']
   frontier_csv = out_dir / 'frontier.csv'
   frontier = pd.read_csv(frontier_csv) if frontier_csv.exists() else None
+  # Failed runs are drawn as failed (grey crosses), never as points (`plots.py`).
   paths = [plots.plot_frontier(df, out_dir / 'frontier.png', frontier,
                                title=f'{cfg.name}: gold reward vs KL(π‖π_ref)')]
+  if 'train_flops' in df and df['train_flops'].notna().any():
+    paths.append(plots.plot_compute(df, out_dir / 'compute.png', x='train_flops',
+                                    title=f'{cfg.name}: gold reward and J_β vs training compute'))
   if 'gap' in kinds and 'gap_fraction' in df and df['gap_fraction'].notna().any():
     paths.append(plots.plot_gap(df, out_dir / 'gap.png'))
   wr_csv = out_dir / 'win_rates.csv'

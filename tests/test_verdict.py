@@ -68,3 +68,17 @@ def test_ties_follow_the_intervals():
   assert not len(v.verdict(df, budgets=(0.5,)))
   low = v.verdict(df, budgets=(2.0,), by='gold_reward', mode='min')
   assert low.iloc[0]['method'] == 'c'
+
+
+def test_a_missed_kl_target_is_recorded_and_reaches_the_results(tmp_path):
+  from alignlab import methods, runs
+  run = runs.prepare_run(tmp_path, 'ppo', {'kl_target': 3.0}, 0, {'x': 1})
+  runs.write_jsonl(run / 'eval.jsonl', [{'step': 0, 'kl': 0.0, 'gold_reward': 0.1},
+                                         {'step': 5, 'kl': 4.2, 'gold_reward': 0.3}])
+  check = methods.target_check(run, 3.0)
+  assert check == {'kl_target': 3.0, 'kl_final': 4.2, 'kl_target_met': False}  # +40 %
+  assert methods.target_check(run, 4.0)['kl_target_met']  # +5 %: within ±25 %
+  runs.mark_complete(run, **check)
+  df = runs.collect_results(tmp_path)
+  assert list(df['kl_target_met']) == [False, False]
+  assert v.verdict(df, budgets=(5.0,))['target_missed'].all()
