@@ -43,6 +43,14 @@ def _copy(family, tmp_path):
   return Path(shutil.copytree(FIXTURES / family, tmp_path / family))
 
 
+def _logits_error(directory, family):
+  golden = _golden(family)
+  _, graphdef, params, _ = hf.load_pretrained(directory)
+  ids = np.asarray(golden['token_ids'], np.int32)
+  logits = np.asarray(nnx.merge(graphdef, params)(ids, np.ones_like(ids)))
+  return np.abs(logits - np.asarray(golden['logits'])).max()
+
+
 def _edit_config(directory, **changes):
   path = directory / 'config.json'
   config = json.loads(path.read_text())
@@ -157,10 +165,7 @@ def test_sharded_checkpoint_and_missing_shard(tmp_path):
     save_file({n: tensors[n] for n in members}, str(directory / shard), metadata={'format': 'pt'})
   index = {'metadata': {}, 'weight_map': {n: s for s, ms in shards.items() for n in ms}}
   (directory / 'model.safetensors.index.json').write_text(json.dumps(index))
-  _, graphdef, params, _ = hf.load_pretrained(directory)
-  ids = np.asarray(_golden('llama')['token_ids'], np.int32)
-  np.testing.assert_allclose(np.asarray(nnx.merge(graphdef, params)(ids, np.ones_like(ids))),
-                             np.asarray(_golden('llama')['logits']), atol=1e-4)
+  assert _logits_error(directory, 'llama') <= 1e-4
   (directory / 'model-00002-of-00002.safetensors').unlink()
   with pytest.raises(hf.HFFormatError, match=r"model.safetensors.index.json: weight_map\['.*'\] "
                      r"names shard 'model-00002-of-00002.safetensors', which is missing"):
@@ -274,3 +279,30 @@ def test_load_onto_a_mesh_of_8_devices():
   assert report['err'] <= 1e-4
   assert report['w_kv'] == [[32, 2, 2, 8], [16, 2, 1, 8]]  # D over fsdp, key/value heads over tensor
   assert report['embed'] == [48, 16]  # V over tensor, D over fsdp
+
+
+def test_config_and_naming_variants_load_the_same_model(tmp_path):
+  # Mistral is Llama without biases; a sliding window caps the context at the window.
+  mistral = _copy('llama', tmp_path / 'm')
+  config = json.loads((mistral / 'config.json').read_text())
+  for key in ('attention_bias', 'mlp_bias', 'pretraining_tp'):
+    config.pop(key)
+  (mistral / 'config.json').write_text(json.dumps({**config, 'model_type': 'mistral',
+                                                   'sliding_window': 20}))
+  assert hf.load_pretrained(mistral)[0].max_seq_len == 20
+  assert _logits_error(mistral, 'llama') <= 1e-4
+  # transformers < 5 wrote rope_theta + rope_scaling instead of rope_parameters.
+  old = _copy('llama', tmp_path / 'o')
+  config = json.loads((old / 'config.json').read_text())
+  rope = config.pop('rope_parameters')
+  config.update(rope_theta=rope.pop('rope_theta'), rope_scaling=rope)
+  (old / 'config.json').write_text(json.dumps(config))
+  assert hf.load_pretrained(old)[0] == hf.load_pretrained(FIXTURES / 'llama')[0]
+  # The original GPT-2 upload names tensors without 'transformer.' and stores the causal-mask
+  # buffers 'h.N.attn.bias'.
+  legacy = _copy('gpt2', tmp_path / 'g')
+  tensors = _tensors(legacy / 'model.safetensors')
+  renamed = {name.removeprefix('transformer.'): value for name, value in tensors.items()}
+  renamed['h.0.attn.bias'] = np.tril(np.ones((1, 1, 32, 32), np.float32))
+  save_file(renamed, str(legacy / 'model.safetensors'), metadata={'format': 'pt'})
+  assert _logits_error(legacy, 'gpt2') <= 1e-4
