@@ -446,6 +446,9 @@ def save_pretrained(directory: str | Path, cfg: ModelConfig, graphdef, params: d
   if 'w_head' in params:
     raise HFFormatError('save_pretrained exports a CausalLM; this is a ScalarModel (reward model '
                         'or value function), which has no Hugging Face causal-LM layout')
+  if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
+    raise HFFormatError(f'the tokenizer has {tokenizer.vocab_size} tokens, more than the model\'s '
+                        f'vocab_size={cfg.vocab_size}')
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   tensors = _tensor_map(cfg)

@@ -219,6 +219,9 @@ def test_tokenizer_larger_than_the_model_vocabulary(tmp_path):
   small = dataclasses.replace(cfg, vocab_size=80)
   mesh = sharding.make_mesh(sharding.MeshConfig.single(), jax.devices()[:1])
   graphdef, params = sharding.init_params(lambda r: CausalLM(small, rngs=r), mesh, jax.random.key(0))
+  with pytest.raises(hf.HFFormatError, match='the tokenizer has 85 tokens, more than the '
+                     "model's vocab_size=80"):
+    hf.save_pretrained(tmp_path / 'm', small, graphdef, params, tok)
   hf.save_pretrained(tmp_path / 'm', small, graphdef, params)
   tok.save(tmp_path / 'm')
   with pytest.raises(hf.HFFormatError, match=r'tokenizer.json: vocabulary of 85 tokens exceeds '
