@@ -95,7 +95,7 @@ class RLConfig:
   # Episodes; 0: set from the run's size so that the controller can move β by `kl_range`× in
   # half of the run (`auto_kl_horizon`), so that a KL target is reached and held.
   kl_horizon: float = 0.0
-  kl_range: float = 20.0
+  kl_range: float = 10.0
   # What the controller sees: the exact per-token KL summed over each sampled response
   # (`train/rollout.py`), not the single-sample k1, whose noise (even negative values at small
   # KL) drives β the wrong way at alignlab's batch sizes.

@@ -52,3 +52,16 @@ def test_kl_cap_stops_and_freezes_a_run_of_a_vectorized_program(tmp_path):
   assert again['kl'] == pytest.approx(points[-1]['kl'], abs=1e-6)
   df = runs.collect_results(out)
   assert set(df.loc[df['run'] == fast.name, 'stopped']) == {stop['reason']}
+
+
+@pytest.mark.slow
+def test_adaptive_controller_meets_its_target_at_the_computed_horizon(tmp_path):
+  """PPO with the learned reward model on the exact task, target 0.15 nats, 120 iterations at
+  the horizon `methods.auto_kl_horizon` computes: the final KL lands within ±25 %."""
+  out = tmp_path / 'out'
+  assert cli.main(['run', 'exact_frontier', '--variant', 'tiny', '--quiet', '--out', str(out),
+                   '--set', "methods=['ppo']", '--set', 'rl.iterations=120',
+                   '--set', 'rl.eval_every=20', '--set', 'sweeps.ppo=(0.15,)']) == 0
+  done = json.loads((out / 'ppo-kl_target0.15-seed0' / 'done.json').read_text())
+  assert done['kl_target_met'], done
+  assert abs(done['kl_final'] / 0.15 - 1) <= 0.25
