@@ -31,9 +31,9 @@ keys:
 A new task is one module and one entry here (`docs/adding_a_task.md`).
 """
 
-from alignlab.tasks import bandit, exact, imdb
+from alignlab.tasks import bandit, exact, imdb, preference_file
 
-TASKS = {'exact': exact, 'imdb': imdb, 'bandit': bandit}
+TASKS = {'exact': exact, 'imdb': imdb, 'bandit': bandit, 'preference_file': preference_file}
 
 
 def task_of(task_cfg) -> tuple[str, object]:

@@ -1,0 +1,522 @@
+"""Your own preference data: a JSONL or Parquet file of preference pairs (`task.data.path`)
+as a task, so that every method of `methods.py` runs on it from the CLI:
+
+    alignlab run preference_file --variant tiny --set task.data.path=pairs.jsonl
+    alignlab run preference_file --set task.data.path=hh.jsonl --set task.model.hf_path=DIR
+
+The formats (TRL standard, implicit prompt, conversational, Anthropic HH, KTO), the split,
+bad rows and the truncation rule are in `preference_file_data.py`; what was detected and how
+many rows were cut is logged once and stored in stages.json (`info`).
+
+Stages (cached, `alignlab/stages.py`): tokenizer (byte-level BPE trained on the file's train
+text; or the checkpoint's) → the converted pairs: validated, tokenized, written once as a TFDS
+array_record dataset keyed by the sha256 of the file(s), the tokenizer's fingerprint, the chat
+template and the truncation and split settings, and read back with grain → π_ref: the
+checkpoint of `task.model.hf_path`, or a small transformer SFT'd on the chosen responses
+(batches from a grain pipeline, shuffled by seed) → the Bradley–Terry reward model on the
+train pairs (on first need), from π_ref's backbone, best held-out accuracy kept, normalized so
+that π_ref's samples score mean 0, std 1.
+
+There is no gold reward. A point says what it measures:
+- `implicit_accuracy` / `implicit_margin`: how often the policy's implicit reward
+  β·log π/π_ref orders the held-out pairs as the file does (π_ref: ½, every pair a tie);
+- `kl`: the exact sequence-level KL(π‖π_ref) on held-out prompts (the per-token sum, as
+  every task reports it), with its k1 / k3 estimates;
+- `proxy_reward`: the reward model's score of the policy's samples. `gold_reward` holds the
+  SAME number, because the pipeline's frontier plot and the RL methods read that column and
+  `env['gold']`: on this task "gold" is the reward model. The verdict ranks by
+  `proxy_reward` (VERDICT), and `objective` is J_β under the reward model;
+- win rates against π_ref samples are judged by the reward model too.
+PPO optimizes the reward model it is scored by, so its numbers measure reward-model
+optimization (Gao et al. 2022, arXiv 2210.10760): read them beside the held-out accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from pathlib import Path
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alignlab import evaluate, hf, sharding, stages
+from alignlab.config import ConfigError, ModelConfig, OptimizerConfig, SamplingConfig, to_dict
+from alignlab.data.pairs import left_pad_prompts
+from alignlab.data.preference import collate, read_metadata, read_pairs, write_pairs
+from alignlab.data.tokenizer import Tokenizer, TokenizerConfig, load_or_train_tokenizer
+from alignlab.heads import CausalLM, ScalarModel, embedding_from_lm
+from alignlab.sampling import sample
+from alignlab.tasks import preference_file_data as pfd
+from alignlab.train import preference, sft
+from alignlab.train import reward_model as rm
+from alignlab.train.batches import ArrayBatches
+from alignlab.train.fit import fit
+from alignlab.train.rollout import RewardModel
+
+STAGE_VERSION = 1  # bump when a stage's code changes what it produces
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  path: str = ''  # the preference file (JSONL or Parquet)
+  test_path: str = ''  # a held-out file of the same format; else a split column or the fraction
+  heldout_fraction: float = 0.1  # of the distinct prompts, when the file gives no split
+  split_seed: int = 0
+  skip_bad_rows: bool = False  # skip (and count) malformed rows instead of stopping
+  max_prompt_tokens: int = 64  # longer prompts keep their last tokens
+  max_response_tokens: int = 64  # longer responses keep their first tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+  """π_ref: a Hugging Face checkpoint directory (`hf_path`), or a transformer of these sizes
+  trained here (its vocabulary is the tokenizer's)."""
+  hf_path: str = ''
+  max_seq_len: int = 128
+  d_model: int = 64
+  n_layers: int = 2
+  n_heads: int = 4
+  d_ff: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SftConfig:
+  steps: int = 200
+  batch_size: int = 16
+  optimizer: OptimizerConfig = OptimizerConfig(learning_rate=3e-3, schedule='cosine',
+                                               warmup_steps=20)
+  seed: int = 0
+  save_every: int = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardModelConfig:
+  steps: int = 200
+  batch_size: int = 16
+  optimizer: OptimizerConfig = OptimizerConfig(learning_rate=3e-4, warmup_steps=20)
+  eval_every: int = 50  # held-out accuracy; the best checkpoint is kept
+  normalize: bool = True  # π_ref samples score mean 0, std 1 (Ziegler et al. 2019)
+  n_normalize_prompts: int = 64
+  seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  data: DataConfig = DataConfig()
+  tokenizer: TokenizerConfig = TokenizerConfig(vocab_size=2048)
+  model: ModelSection = ModelSection()
+  sft: SftConfig = SftConfig()
+  reward_model: RewardModelConfig = RewardModelConfig()
+  n_eval_prompts: int = 64  # distinct held-out prompts, one sample each per point
+  eval_beta: float = 0.1  # the β of the reported J_β (under the reward model)
+  eval_seed: int = 1234
+  win_rate_temperatures: tuple[float, ...] = evaluate.TEMPERATURES
+
+  def validate(self) -> None:
+    d = self.data
+    if not d.path:
+      raise ConfigError('task.data.path is not set: give your preference file with --set '
+                        'task.data.path=FILE (JSONL or Parquet)')
+    for key in ('path', 'test_path'):
+      value = getattr(d, key)
+      if value and not Path(value).expanduser().is_file():
+        raise ConfigError(f'task.data.{key}={value}: no such file')
+    if not 0.0 < d.heldout_fraction < 1.0:
+      raise ConfigError(f'task.data.heldout_fraction={d.heldout_fraction} must be in (0, 1)')
+    for key in ('max_prompt_tokens', 'max_response_tokens'):
+      if getattr(d, key) < 1:
+        raise ConfigError(f'task.data.{key}={getattr(d, key)} must be ≥ 1')
+
+
+def _files(cfg: Config) -> list[Path]:
+  return [Path(p).expanduser().resolve() for p in (cfg.data.path, cfg.data.test_path) if p]
+
+
+def _sampling(tok: Tokenizer, response_len: int, temperature: float = 1.0) -> SamplingConfig:
+  return SamplingConfig(max_new_tokens=response_len, temperature=temperature, eos_id=tok.eos_id,
+                        pad_id=tok.pad_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+
+
+def parse(cfg: Config, render, log) -> tuple[str, list[dict], dict]:
+  """(format, rows with their split, counts) of the file(s): validated, not yet tokenized."""
+  main, *test = _files(cfg)
+  fmt, rows, counts = pfd.parse_file(main, skip_bad_rows=cfg.data.skip_bad_rows, render=render,
+                                     log=log)
+  if test:
+    test_fmt, test_rows, test_counts = pfd.parse_file(
+        test[0], skip_bad_rows=cfg.data.skip_bad_rows, render=render, log=log)
+    if test_fmt != fmt:
+      raise pfd.PreferenceFileError(f'{test[0]}: {test_fmt} format, but {main} is {fmt}')
+    for r in rows:
+      r['split'] = 'train' if r['split'] is None else r['split']
+    for r in test_rows:
+      r['split'] = 'test'
+    rows = rows + test_rows
+    counts = {k: counts.get(k, 0) + test_counts.get(k, 0) for k in {*counts, *test_counts}}
+  pfd.assign_splits(rows, heldout_fraction=cfg.data.heldout_fraction, seed=cfg.data.split_seed,
+                    path=str(main))
+  return fmt, rows, counts
+
+
+def file_fingerprint(cfg: Config) -> str:
+  """The sha256 of the file's (and the test file's) contents: what every stage is keyed by."""
+  return '+'.join(pfd.file_sha256(p) for p in _files(cfg))
+
+
+def pairs_key(cfg: Config, tok: Tokenizer, template: str | None) -> dict:
+  d = cfg.data
+  return {'version': STAGE_VERSION, 'sha256': file_fingerprint(cfg), 'tokenizer': tok.fingerprint,
+          'chat_template': pfd.text_sha256(template),
+          'truncation': {'max_prompt_tokens': d.max_prompt_tokens,
+                         'max_response_tokens': d.max_response_tokens},
+          'split': {'test_file': bool(d.test_path), 'heldout_fraction': d.heldout_fraction,
+                    'seed': d.split_seed},
+          'skip_bad_rows': d.skip_bad_rows}
+
+
+def _build_pairs(cfg: Config, tok: Tokenizer, parsed, encode, key: dict, out: Path,
+                 work: Path) -> None:
+  del work
+  fmt, rows, counts = parsed()
+  examples, truncation = pfd.tokenize_rows(
+      rows, encode, bos_id=tok.bos_id, eos_id=tok.eos_id,
+      max_prompt_tokens=cfg.data.max_prompt_tokens,
+      max_response_tokens=cfg.data.max_response_tokens, path=cfg.data.path,
+      skip_bad_rows=cfg.data.skip_bad_rows)
+  splits = {s: [e for e in examples if e['split'] == s] for s in ('train', 'test')}
+  for split, items in splits.items():
+    if not items:
+      raise pfd.PreferenceFileError(f'{cfg.data.path}: no {split} pairs left after truncation')
+  meta = {'format': fmt, 'counts': {**counts, **truncation,
+                                    'train_pairs': len(splits['train']),
+                                    'test_pairs': len(splits['test'])},
+          'prompt_len': max(len(e['prompt']) for e in examples),
+          'response_len': max(len(e[s]) for e in examples for s in ('chosen', 'rejected')),
+          'key': key}
+  write_pairs({s: ({k: v for k, v in e.items() if k != 'split'} for e in items)
+               for s, items in splits.items()}, out / 'pairs', metadata=meta)
+
+
+def pairs_stage(cfg: Config, tok: Tokenizer, template: str | None, parsed):
+  """(entry, metadata, from_cache) of the converted pairs: built once per file content,
+  tokenizer, template and truncation settings; `parsed()` (`parse`) is called on a miss."""
+  key = pairs_key(cfg, tok, template)
+  encode = pfd.make_encoder(tok, pfd.special_tokens_of(tok.path) if template else {})
+  path, cached = stages.cached_stage('preference_file',
+                                     key, functools.partial(_build_pairs, cfg, tok, parsed, encode, key))
+  return path, read_metadata(path / 'pairs'), cached
+
+
+def grain_source(path: Path, split: str) -> grain.MapDataset:
+  """The converted pairs of one split as a grain dataset (random access, in written order)."""
+  return grain.MapDataset.source(read_pairs(path / 'pairs', split))
+
+
+def canonical(dataset: grain.MapDataset, prompt_len: int, response_len: int, pad_id: int) -> dict:
+  """Every example of `dataset` in the canonical layout, one (P, R) shape."""
+  return collate(list(dataset), prompt_buckets=(prompt_len,), response_buckets=(response_len,),
+                 pad_id=pad_id)
+
+
+def batches(dataset: grain.MapDataset, batch_size: int, seed: int, prompt_len: int,
+            response_len: int, pad_id: int):
+  """`batch_at(step)` over a grain pipeline: shuffled by `seed` (a new order each epoch),
+  repeated, batched into the canonical layout; a pure function of the step, so a resumed
+  stage sees the batches an uninterrupted one would have."""
+  pipeline = dataset.shuffle(seed=seed).repeat().batch(
+      batch_size, drop_remainder=True,
+      batch_fn=functools.partial(collate, prompt_buckets=(prompt_len,),
+                                 response_buckets=(response_len,), pad_id=pad_id))
+  return lambda step: pipeline[int(step)]
+
+
+def model_config(cfg: Config, tok: Tokenizer) -> ModelConfig:
+  m = cfg.model
+  # The LM never emits <pad> or <bos>: its distributions are over what it may produce.
+  return ModelConfig(vocab_size=tok.vocab_size, max_seq_len=m.max_seq_len, d_model=m.d_model,
+                     n_layers=m.n_layers, n_heads=m.n_heads, d_ff=m.d_ff,
+                     masked_output_ids=tuple(sorted({tok.pad_id, tok.bos_id})))
+
+
+def _init_lm(mcfg: ModelConfig, mesh, seed: int):
+  return sharding.init_params(lambda rngs: CausalLM(mcfg, rngs=rngs), mesh, jax.random.key(seed))
+
+
+def _build_sft(cfg: Config, mcfg: ModelConfig, data, key: dict, mesh, progress: bool, out: Path,
+               work: Path) -> None:
+  """π_ref: next-token NLL of the chosen responses given their prompts (TRL's recipe before
+  DPO when no SFT model exists: fine-tune on the preferred completions)."""
+  graphdef, params = _init_lm(mcfg, mesh, cfg.sft.seed)
+  optimizer = cfg.sft.optimizer
+  if optimizer.schedule != 'constant' and not optimizer.total_steps:
+    optimizer = dataclasses.replace(optimizer, total_steps=cfg.sft.steps)
+  state = fit(sft.make_loss_fn(graphdef, response_start=data['prompt_len']), params,
+              lambda step: sft.chosen_as_sft(data['batch_at'](step)), optimizer=optimizer,
+              n_steps=cfg.sft.steps, run_dir=work, config=key, mesh=mesh, seed=cfg.sft.seed,
+              save_every=cfg.sft.save_every, desc='SFT π_ref', progress=progress)
+  stages.save_params(out / 'params', state['params'], key)
+  stages.copy_logs(work, out / 'run')
+
+
+def reference_policy(cfg: Config, tok: Tokenizer, pairs_dir: Path, meta: dict, mesh,
+                     progress: bool):
+  """(model config, graphdef, params, description, from_cache) of π_ref."""
+  mcfg = model_config(cfg, tok)
+  key = {'version': STAGE_VERSION, 'pairs': pairs_dir.name, 'model': to_dict(mcfg),
+         'sft': to_dict(cfg.sft)}
+  p, r = meta['prompt_len'], meta['response_len']
+  train = grain_source(pairs_dir, 'train')
+  bs = min(cfg.sft.batch_size, len(train))
+  data = {'prompt_len': p, 'batch_at': batches(train, bs, cfg.sft.seed, p, r, tok.pad_id)}
+  path, cached = stages.cached_stage(
+      'preference_file_sft', key,
+      functools.partial(_build_sft, cfg, mcfg, data, key, mesh, progress))
+  graphdef, like = _init_lm(mcfg, mesh, cfg.sft.seed)
+  return (mcfg, graphdef, stages.restore_params(path / 'params', like, key),
+          {'sft': str(path)}, cached)
+
+
+def _hf_fingerprint(directory: Path) -> str:
+  """What a checkpoint directory's stages are keyed by: its files' names, sizes and mtimes."""
+  files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in directory.iterdir()
+                 if p.is_file())
+  return pfd.text_sha256(json.dumps(files))
+
+
+def _build_reward_model(cfg: Config, env: dict, key: dict, out: Path, work: Path) -> None:
+  """Bradley–Terry RM from π_ref's backbone; keeps the params of the best held-out accuracy."""
+  rc = cfg.reward_model
+  graphdef, params = sharding.init_params(lambda r: ScalarModel(env['model_cfg'], rngs=r),
+                                          env['mesh'], jax.random.key(rc.seed))
+  params = embedding_from_lm(env['ref_params'], params)
+  arrays = {k: v for k, v in env['pairs'].items() if k.endswith(('_tokens', '_mask'))}
+  data = ArrayBatches(arrays, min(rc.batch_size, len(arrays['chosen_tokens'])), seed=rc.seed)
+  heldout = env['heldout_pairs']
+  best = {'accuracy': -1.0, 'step': -1, 'params': None}
+
+  def eval_fn(state, step):
+    m = rm.evaluate_pairs(graphdef, state['params'], heldout)
+    if m['accuracy'] > best['accuracy']:
+      best.update(accuracy=m['accuracy'], step=step, params=jax.device_get(state['params']))
+    return m
+
+  fit(rm.make_loss_fn(graphdef), params, data, optimizer=rc.optimizer, n_steps=rc.steps,
+      run_dir=work, config=key, mesh=env['mesh'], seed=rc.seed, eval_fn=eval_fn,
+      eval_every=rc.eval_every, desc='reward model', progress=env['progress'])
+  stages.copy_logs(work, out / 'run')
+  params = jax.device_put(best['params'], sharding.shardings_of(params))
+  metrics = {'heldout_accuracy': best['accuracy'], 'best_step': best['step'],
+             'n_train_pairs': int(len(arrays['chosen_tokens'])),
+             'n_heldout_pairs': int(len(heldout['chosen_tokens']))}
+  if rc.normalize:
+    # π_ref's samples on train prompts, in batches of the evaluation's shape: the sampler
+    # compiled for the evaluation serves here too.
+    pool_tokens, pool_mask = env['train_prompts']
+    rows = env['eval_rows']
+    scores = []
+    for b in range(-(-rc.n_normalize_prompts // rows)):
+      idx = np.arange(b * rows, (b + 1) * rows) % len(pool_tokens)
+      out_b = sample(env['graphdef'], env['ref_params'], jnp.asarray(pool_tokens[idx]),
+                     jnp.asarray(pool_mask[idx]), jax.random.fold_in(jax.random.key(rc.seed + 1), b),
+                     env['rl_sampling'])
+      scores.append(np.asarray(rm.score(graphdef, params, out_b.tokens, out_b.attention_mask)))
+    scores_N = np.concatenate(scores)
+    params = rm.normalize(params, scores_N)
+    metrics.update(raw_ref_mean=float(scores_N.mean()), raw_ref_std=float(scores_N.std()))
+  stages.save_params(out / 'params', params, key)
+  (out / 'metrics.json').write_text(json.dumps(metrics, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# The env
+
+
+def _distinct_prompts(pairs: dict, prompt_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """The distinct left-padded prompts of canonical pairs, in order of first appearance."""
+  tokens = pairs['chosen_tokens'][:, :prompt_len]
+  mask = pairs['chosen_attention_mask'][:, :prompt_len]
+  _, first = np.unique(np.concatenate([tokens, mask], 1), axis=0, return_index=True)
+  keep = np.sort(first)
+  return tokens[keep], mask[keep]
+
+
+def _describe(path: Path, fmt: str, meta: dict, template_source: str) -> str:
+  c, d = meta['counts'], meta['key']['truncation']
+  rendered = f', rendered with {template_source}' if fmt == 'conversational' else ''
+  return (f'{path}: {fmt} format{rendered}; {c["rows"]} rows → {c["train_pairs"]} train / '
+          f'{c["test_pairs"]} test pairs ({c["bad_rows"] + c.get("bad_after_truncation", 0)} bad '
+          f'rows skipped{", " + str(c["kto_unpaired_rows"]) + " KTO rows unpaired" if "kto_unpaired_rows" in c else ""}); '
+          f'truncation: prompts to their last {d["max_prompt_tokens"]} tokens, responses to their '
+          f'first {d["max_response_tokens"]}: {c["truncated_rows"]} rows cut '
+          f'({c["truncated_prompts"]} prompts, {c["truncated_chosen"]} chosen, '
+          f'{c["truncated_rejected"]} rejected); P = {meta["prompt_len"]}, R = {meta["response_len"]}')
+
+
+def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
+  """The converted pairs, π_ref and (on first need) the reward model; the task's env."""
+  cfg.validate()
+  hf_dir = Path(cfg.model.hf_path).expanduser() if cfg.model.hf_path else None
+  if hf_dir is not None:
+    mcfg, graphdef, ref_params, tok = hf.load_pretrained(hf_dir, mesh=mesh)
+    if tok is None:
+      raise ConfigError(f'task.model.hf_path={hf_dir} has no tokenizer.json: alignlab tokenizes '
+                        "the file with the checkpoint's own tokenizer")
+    template = pfd.chat_template_of(hf_dir)
+    names = tok.special_token_names()
+    render = pfd.chat_renderer(template, bos_token=names['bos'] or '',
+                               eos_token=names['eos'] or '')
+  else:
+    mcfg = graphdef = ref_params = template = None
+    render = pfd.chat_renderer(None)  # alignlab's template writes no special token
+  parsed = functools.cache(lambda: parse(cfg, render, log))
+  if hf_dir is None:
+    tok = load_or_train_tokenizer(
+        cfg.tokenizer, lambda: [t for r in parsed()[1] if r['split'] == 'train'
+                                for t in (r['prompt'], r['chosen'], r['rejected'])],
+        file_fingerprint(cfg))
+  template_source = (f'the chat template of {hf_dir / "tokenizer_config.json"}' if template
+                     else "alignlab's chat template")
+  max_len = (mcfg.max_seq_len if mcfg is not None else cfg.model.max_seq_len)
+  d = cfg.data
+  if d.max_prompt_tokens + d.max_response_tokens > max_len:
+    raise ConfigError(f'task.data.max_prompt_tokens={d.max_prompt_tokens} + '
+                      f'task.data.max_response_tokens={d.max_response_tokens} exceed the '
+                      f"model's max_seq_len={max_len}")
+  pairs_dir, meta, pairs_cached = pairs_stage(cfg, tok, template, parsed)
+  log(_describe(_files(cfg)[0], meta['format'], meta, template_source))
+  p, r = meta['prompt_len'], meta['response_len']
+  train = canonical(grain_source(pairs_dir, 'train'), p, r, tok.pad_id)
+  heldout = canonical(grain_source(pairs_dir, 'test'), p, r, tok.pad_id)
+  if hf_dir is not None:
+    policy = {'checkpoint': str(hf_dir.resolve()), 'fingerprint': _hf_fingerprint(hf_dir)}
+    stage_paths, ref_cached = {}, True
+  else:
+    mcfg, graphdef, ref_params, stage_paths, ref_cached = reference_policy(
+        cfg, tok, pairs_dir, meta, mesh, progress)
+    policy = {'sft': Path(stage_paths['sft']).name}
+  arrays = {k: v for k, v in train.items() if k.endswith(('_tokens', '_mask'))}
+  pairs = preference.reference_logps(graphdef, ref_params, arrays, prompt_len=p)
+  eval_tokens_NxP, eval_mask_NxP = (x[:cfg.n_eval_prompts] for x in _distinct_prompts(heldout, p))
+  eval_prompts = [row[m.astype(bool)].tolist() for row, m in zip(eval_tokens_NxP, eval_mask_NxP)]
+  n_eval = len(eval_prompts)
+  eval_tokens_NxP, eval_mask_NxP = jnp.asarray(eval_tokens_NxP), jnp.asarray(eval_mask_NxP)
+  key_eval = jax.random.key(cfg.eval_seed)
+  sampling = _sampling(tok, r)
+  env = {'name': 'preference_file', 'mesh': mesh, 'progress': progress, 'tokenizer': tok,
+         'model_cfg': mcfg, 'graphdef': graphdef, 'ref_params': ref_params, 'prompt_len': p,
+         'pairs': pairs, 'heldout_pairs': heldout, 'rl_sampling': sampling,
+         'train_prompts': _distinct_prompts(train, p), 'eval_rows': n_eval,
+         'run_key': {'policy': policy, 'pairs': pairs_dir.name, 'task': to_dict(cfg)},
+         'eval_key': {'n_eval_prompts': cfg.n_eval_prompts, 'eval_beta': cfg.eval_beta,
+                      'eval_seed': cfg.eval_seed, 'judge': 'reward_model'},
+         'stages': {'pairs': str(pairs_dir), **stage_paths},
+         'info': {'format': meta['format'], 'counts': meta['counts'],
+                  'prompt_len': p, 'response_len': r, 'chat_template': template_source,
+                  'gold_reward': 'the reward model (no gold reward on a preference file)',
+                  'from_cache': {'tokenizer': tok.from_cache if hf_dir is None else True,
+                                 'pairs': pairs_cached, 'reference': ref_cached}}}
+
+  @functools.cache
+  def reward_model_():
+    rm_key = {'version': STAGE_VERSION, 'policy': policy, 'pairs': pairs_dir.name,
+              'rm': to_dict(cfg.reward_model)}
+    path, cached = stages.cached_stage(
+        'preference_file_reward_model', rm_key,
+        functools.partial(_build_reward_model, cfg, env, rm_key))
+    rm_graphdef, rm_like = sharding.init_params(lambda k: ScalarModel(mcfg, rngs=k), mesh,
+                                                jax.random.key(cfg.reward_model.seed))
+    metrics = stages.read_json(path / 'metrics.json')
+    env['stages']['reward_model'] = str(path)
+    env['info'].update(reward_model=metrics)
+    env['info']['from_cache']['reward_model'] = cached
+    if not cached:
+      log(f'reward model trained: held-out accuracy {metrics["heldout_accuracy"]:.3f} ({path})')
+    return RewardModel(rm_graphdef, stages.restore_params(path / 'params', rm_like, rm_key))
+
+  def score(tokens_BxT, attention_mask_BxT, response_mask_BxT=None):
+    """The reward model's score (host NumPy): the rollout's `gold` on this task."""
+    del response_mask_BxT
+    reward = reward_model_()
+    return np.asarray(rm.score(reward.graphdef, reward.params, jnp.asarray(tokens_BxT),
+                               jnp.asarray(attention_mask_BxT)))
+
+  def score_lists(prompts, responses):
+    """The reward model's score of (prompt, response) token lists, laid out as a pair is."""
+    tokens_BxP, mask_BxP = left_pad_prompts(prompts, p, pad_id=tok.pad_id)
+    tokens_BxR = np.full((len(responses), r), tok.pad_id, np.int32)
+    mask_BxR = np.zeros((len(responses), r), np.int32)
+    for i, resp in enumerate(responses):
+      tokens_BxR[i, :len(resp)], mask_BxR[i, :len(resp)] = resp, 1
+    return score(np.concatenate([tokens_BxP, tokens_BxR], 1), np.concatenate([mask_BxP, mask_BxR], 1))
+
+  def evaluate_(params, beta=None):
+    """A point: held-out implicit-reward accuracy at β (the method's own, else eval_beta), the
+    exact KL on held-out prompts, and the reward model's score of the samples."""
+    point = evaluate.evaluate_sampled(graphdef, params, ref_params, eval_prompts, score_lists,
+                                      key_eval, sampling, cfg.eval_beta, batch_size=n_eval,
+                                      prompt_len=p)
+    point['proxy_reward'], point['proxy_reward_stderr'] = (point['gold_reward'],
+                                                           point['gold_reward_stderr'])
+    point.update(evaluate.implicit_reward_accuracy(
+        graphdef, params, ref_params, heldout, beta=cfg.eval_beta if beta is None else beta,
+        prompt_len=p))
+    point['beta'] = cfg.eval_beta
+    return point
+
+  @functools.cache
+  def reference_scores() -> np.ndarray:
+    return evaluate.gold_of_samples(graphdef, ref_params, eval_prompts, score_lists,
+                                    jax.random.fold_in(key_eval, 1), sampling, n_eval, p)
+
+  def win_rates(params):
+    return evaluate.win_rate_vs_reference(
+        graphdef, params, ref_params, eval_prompts, score_lists, jax.random.fold_in(key_eval, 2),
+        sampling, temperatures=cfg.win_rate_temperatures, batch_size=n_eval, prompt_len=p,
+        reference_scores=reference_scores())
+
+  def best_of_n(n: int):
+    """π_ref's samples reranked by the reward model; its KL is the analytic
+    log N − (N − 1)/N bound (Stiennon et al. 2020, arXiv 2009.01325 App. G)."""
+    _, scores_NxK = evaluate.best_of_n_samples(
+        graphdef, ref_params, eval_tokens_NxP, eval_mask_NxP, jax.random.fold_in(key_eval, n),
+        sampling, n, score)
+    best_N = scores_NxK.max(-1).astype(np.float64)
+    kl = math.log(n) - (n - 1) / n
+    point = {**evaluate.mean_stderr('gold_reward', best_N), 'kl': kl, 'kl_stderr': 0.0,
+             'kl_k1': kl, 'kl_k3': kl, 'objective': float(best_N.mean() - cfg.eval_beta * kl),
+             'beta': cfg.eval_beta}
+    point.update(proxy_reward=point['gold_reward'], proxy_reward_stderr=point['gold_reward_stderr'])
+    wins = (best_N > reference_scores()) + 0.5 * (best_N == reference_scores())
+    return point, [{'temperature': 1.0, 'win_rate': float(wins.mean()), 'n': len(wins)}]
+
+  def rl_prompts(seed, k, rollouts):
+    pool_tokens, pool_mask = env['train_prompts']
+    n_prompts = max(rollouts // k, 1)
+
+    def prompts_fn(step):
+      idx = np.random.default_rng([seed, step]).choice(
+          len(pool_tokens), n_prompts, replace=len(pool_tokens) < n_prompts)
+      return pool_tokens[idx], pool_mask[idx]
+
+    return prompts_fn
+
+  env.update(evaluate=evaluate_, win_rates=win_rates, best_of_n=best_of_n,
+             reward_model=reward_model_, gold=score, rl_prompts=rl_prompts)
+  return env
+
+
+# No gold reward: the verdict ranks by the reward model's score (`proxy_reward`; the
+# `gold_reward` column holds the same number, see the module docstring), the best point per
+# method by J_β under that reward model.
+VERDICT = ('proxy_reward', 'max')
+BEST_BY = ('objective', 'max')
+PLOTS = ('frontier', 'win_rates')

@@ -1,0 +1,314 @@
+"""The preference-file task: every format parsed to the same pairs, bad rows as `FILE:LINE:
+reason`, truncation counted, the converted pairs cached by the file's content, grain batches
+deterministic by seed, and the CLI end to end on a file written here."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from alignlab import cli
+from alignlab.config import ConfigError
+from alignlab.data.tokenizer import TokenizerConfig, train_tokenizer
+from alignlab.tasks import preference_file as pf
+from alignlab.tasks import preference_file_data as pfd
+
+PAIRS = [('Q: name a fruit. A:', ' apple', ' rock'),
+         ('Q: name a colour. A:', ' blue', ' seven'),
+         ('Q: name an animal. A:', ' cat', ' spoon')]
+
+
+def _jsonl(path, rows, *, newline='\n', bom=False):
+  text = newline.join(json.dumps(r) for r in rows) + newline
+  path.write_bytes((b'\xef\xbb\xbf' if bom else b'') + text.encode())
+  return path
+
+
+def _texts(rows):
+  return [(r['prompt'], r['chosen'], r['rejected']) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Formats
+
+
+def test_standard_and_implicit_prompt_give_the_same_pairs(tmp_path):
+  std = _jsonl(tmp_path / 'std.jsonl', [{'prompt': p, 'chosen': c, 'rejected': r}
+                                        for p, c, r in PAIRS])
+  implicit = _jsonl(tmp_path / 'imp.jsonl', [{'chosen': p + c, 'rejected': p + r}
+                                             for p, c, r in PAIRS])
+  fmt, rows, counts = pfd.parse_file(std)
+  assert fmt == 'standard' and _texts(rows) == PAIRS and counts['bad_rows'] == 0
+  fmt, rows, _ = pfd.parse_file(implicit)
+  # The shared prefix is the prompt; the space before the first difference goes with the
+  # responses (TRL's extract_prompt).
+  assert fmt == 'implicit_prompt' and _texts(rows) == PAIRS
+  assert [r['line'] for r in rows] == [1, 2, 3]
+
+
+def test_bom_and_windows_line_endings_read_as_plain_jsonl(tmp_path):
+  path = _jsonl(tmp_path / 'win.jsonl', [{'prompt': p, 'chosen': c, 'rejected': r}
+                                         for p, c, r in PAIRS], newline='\r\n', bom=True)
+  assert _texts(pfd.parse_file(path)[1]) == PAIRS
+
+
+def test_anthropic_hh_multi_turn_dialogue_splits_at_the_last_assistant_turn(tmp_path):
+  dialogue = ('\n\nHuman: Hi, can you help me bake bread?\n\nAssistant: Of course. What kind?'
+              '\n\nHuman: Sourdough, please.\n\nAssistant:')
+  path = _jsonl(tmp_path / 'hh.jsonl', [
+      {'chosen': dialogue + ' Start with an active starter.',
+       'rejected': dialogue + ' I do not know.'}])
+  fmt, rows, _ = pfd.parse_file(path)
+  assert fmt == 'hh'
+  assert rows[0]['prompt'] == dialogue  # the earlier assistant turn stays in the prompt
+  assert rows[0]['chosen'] == ' Start with an active starter.'
+  assert rows[0]['rejected'] == ' I do not know.'
+
+
+def test_hh_pair_that_differs_before_its_last_turn_is_a_bad_row(tmp_path):
+  path = _jsonl(tmp_path / 'hh.jsonl', [
+      {'chosen': '\n\nHuman: a\n\nAssistant: b', 'rejected': '\n\nHuman: a\n\nAssistant: c'},
+      {'chosen': '\n\nHuman: x\n\nAssistant: y', 'rejected': '\n\nHuman: z\n\nAssistant: w'}])
+  with pytest.raises(pfd.PreferenceFileError, match=r'hh\.jsonl:2: chosen and rejected differ '
+                     r"before their last"):
+    pfd.parse_file(path)
+
+
+def test_conversational_rows_render_with_a_chat_template(tmp_path):
+  explicit = [{'prompt': [{'role': 'user', 'content': p}],
+               'chosen': [{'role': 'assistant', 'content': c}],
+               'rejected': [{'role': 'assistant', 'content': r}]} for p, c, r in PAIRS]
+  implicit = [{'chosen': [{'role': 'user', 'content': p}, {'role': 'assistant', 'content': c}],
+               'rejected': [{'role': 'user', 'content': p}, {'role': 'assistant', 'content': r}]}
+              for p, c, r in PAIRS]
+  a = pfd.parse_file(_jsonl(tmp_path / 'a.jsonl', explicit))
+  b = pfd.parse_file(_jsonl(tmp_path / 'b.jsonl', implicit))
+  assert a[0] == b[0] == 'conversational'
+  assert _texts(a[1]) == _texts(b[1])
+  # alignlab's template: the prompt ends with the generation prompt, the response is the rest.
+  assert _texts(a[1])[0] == ('<|user|>\nQ: name a fruit. A:\n<|assistant|>\n', ' apple\n',
+                             ' rock\n')
+  # A checkpoint's template (ChatML-like, with its special tokens), as tokenizer_config.json
+  # carries it.
+  (tmp_path / 'ckpt').mkdir()
+  template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+              "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+  (tmp_path / 'ckpt' / 'tokenizer_config.json').write_text(json.dumps({'chat_template': template}))
+  render = pfd.chat_renderer(pfd.chat_template_of(tmp_path / 'ckpt'))
+  _, rows, _ = pfd.parse_file(tmp_path / 'a.jsonl', render=render)
+  assert rows[0]['prompt'] == '<|im_start|>user\nQ: name a fruit. A:<|im_end|>\n<|im_start|>assistant\n'
+  assert rows[0]['chosen'] == ' apple<|im_end|>\n'
+  # The template's markup becomes its special tokens; the user's text stays text.
+  tok = train_tokenizer(TokenizerConfig(vocab_size=300, min_frequency=1), ['apple rock'])
+  encode = pfd.make_encoder(tok, {'<|im_end|>': 7777})
+  assert encode(' apple<|im_end|>\n', True) == tok.encode(' apple') + [7777] + tok.encode('\n')
+  assert encode(' apple<|im_end|>', False) == tok.encode(' apple<|im_end|>')
+
+
+def test_kto_rows_are_paired_by_prompt(tmp_path):
+  rows = [{'prompt': 'p1', 'completion': 'good', 'label': True},
+          {'prompt': 'p1', 'completion': 'bad', 'label': False},
+          {'prompt': 'p1', 'completion': 'worse', 'label': False},
+          {'prompt': 'p2', 'completion': 'alone', 'label': True}]
+  fmt, pairs, counts = pfd.parse_file(_jsonl(tmp_path / 'kto.jsonl', rows))
+  assert fmt == 'kto'
+  assert _texts(pairs) == [('p1', 'good', 'bad'), ('p1', 'good', 'worse')]
+  assert counts['kto_unpaired_rows'] == 1
+
+
+def test_parquet_reads_like_jsonl_and_wrong_columns_are_named(tmp_path):
+  frame = pd.DataFrame([{'prompt': p, 'chosen': c, 'rejected': r} for p, c, r in PAIRS])
+  frame.to_parquet(tmp_path / 'pairs.parquet')
+  fmt, rows, _ = pfd.parse_file(tmp_path / 'pairs.parquet')
+  assert fmt == 'standard' and _texts(rows) == PAIRS
+  pd.DataFrame({'question': ['a'], 'answer': ['b']}).to_parquet(tmp_path / 'wrong.parquet')
+  with pytest.raises(pfd.PreferenceFileError,
+                     match=r"wrong\.parquet:1: cannot tell the format from the keys \['answer', 'question'\]"):
+    pfd.parse_file(tmp_path / 'wrong.parquet')
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+
+
+@pytest.mark.parametrize('line, reason', [
+    ('{"prompt": "a", "chosen": "b", ', r'invalid JSON'),
+    ('{"prompt": "a", "rejected": "c"}', r"missing field 'chosen'"),
+    ('{"prompt": "a", "chosen": 3, "rejected": "c"}', r"field 'chosen' is not a string \(got int\)"),
+    ('{"prompt": "  ", "chosen": "b", "rejected": "c"}', r"field 'prompt' is empty"),
+    ('{"prompt": "a", "chosen": "b", "rejected": "b"}', r'chosen and rejected are identical'),
+    ('{"prompt": "a", "chosen": "b", "rejected": "c", "split": "dev"}', r"field 'split' is 'dev'"),
+])
+def test_a_bad_row_is_one_line_naming_file_line_and_key(tmp_path, line, reason):
+  good = json.dumps({'prompt': 'x', 'chosen': 'y', 'rejected': 'z'})
+  path = tmp_path / 'bad.jsonl'
+  path.write_text(f'{good}\n\n{line}\n{good}\n')  # the blank line still counts as line 2
+  with pytest.raises(pfd.PreferenceFileError) as e:
+    pfd.parse_file(path)
+  message = str(e.value)
+  assert '\n' not in message
+  assert message.startswith(f'{path}:3: ')
+  assert pytest.importorskip('re').search(reason, message), message
+  assert isinstance(e.value, ConfigError)  # the CLI prints it as one line, exit status 2
+
+
+def test_skip_bad_rows_counts_them(tmp_path):
+  path = tmp_path / 'bad.jsonl'
+  path.write_text('{"prompt": "x", "chosen": "y", "rejected": "z"}\nnot json\n'
+                  '{"prompt": "x", "chosen": "y"}\n')
+  with pytest.raises(pfd.PreferenceFileError, match=r'bad\.jsonl:2: invalid JSON .*\(and 1 more '
+                     r'bad rows\).*task\.data\.skip_bad_rows=true'):
+    pfd.parse_file(path)
+  logged = []
+  _, rows, counts = pfd.parse_file(path, skip_bad_rows=True, log=logged.append)
+  assert len(rows) == 1 and counts == {'rows': 3, 'bad_rows': 2}
+  assert 'skipped 2 bad rows' in logged[0]
+
+
+def test_empty_file_and_unknown_type(tmp_path):
+  (tmp_path / 'empty.jsonl').write_text('\n\n')
+  with pytest.raises(pfd.PreferenceFileError, match=r'empty\.jsonl: empty file'):
+    pfd.parse_file(tmp_path / 'empty.jsonl')
+  (tmp_path / 'pairs.csv').write_text('a,b\n')
+  with pytest.raises(pfd.PreferenceFileError, match=r"unknown file type '\.csv'"):
+    pfd.parse_file(tmp_path / 'pairs.csv')
+
+
+# ---------------------------------------------------------------------------------------------
+# Truncation
+
+
+class _Chars:
+  """A tokenizer of one id per character (ord), bos 2, eos 1: lengths are easy to count."""
+  bos_id, eos_id = 2, 1
+
+  def encode(self, text):
+    return [ord(c) for c in text]
+
+
+def test_truncation_keeps_the_prompt_end_and_the_response_start_and_is_counted():
+  rows = [{'prompt': 'abcdefgh', 'chosen': 'XYZW', 'rejected': 'Q', 'templated': False,
+           'split': 'train', 'line': 1},
+          {'prompt': 'ab', 'chosen': 'X', 'rejected': 'Y', 'templated': False, 'split': 'train',
+           'line': 2}]
+  encode = pfd.make_encoder(_Chars(), {})
+  examples, stats = pfd.tokenize_rows(rows, encode, bos_id=2, eos_id=1, max_prompt_tokens=4,
+                                      max_response_tokens=3, path='f.jsonl')
+  first = examples[0]
+  assert first['prompt'] == [ord(c) for c in 'efgh']  # <bos> + 8 chars, its last 4 kept
+  assert first['chosen'] == [ord(c) for c in 'XYZ']  # its first 3: the EOS is cut off too
+  assert first['rejected'] == [ord('Q'), 1]
+  assert examples[1]['prompt'] == [2, ord('a'), ord('b')]
+  assert examples[1]['chosen'] == [ord('X'), 1]
+  assert stats == {'truncated_rows': 1, 'truncated_prompts': 1, 'truncated_chosen': 1,
+                   'truncated_rejected': 0, 'bad_after_truncation': 0}
+  same = [{**rows[1], 'chosen': 'XYZa', 'rejected': 'XYZb', 'line': 7}]
+  with pytest.raises(pfd.PreferenceFileError,
+                     match=r'f\.jsonl:7: chosen and rejected are the same in their first 3 tokens'):
+    pfd.tokenize_rows(same, encode, bos_id=2, eos_id=1, max_prompt_tokens=4,
+                      max_response_tokens=3, path='f.jsonl')
+
+
+# ---------------------------------------------------------------------------------------------
+# The converted pairs: cached by content, read with grain
+
+
+def _dataset(path, n=12, tag=''):
+  rows = [{'prompt': f'Question {i}{tag}: say yes or no.', 'chosen': ' yes', 'rejected': ' no'}
+          for i in range(n)]
+  return _jsonl(path, rows)
+
+
+def _convert(path, **data):
+  cfg = pf.Config(data=pf.DataConfig(path=str(path), heldout_fraction=0.25, **data))
+  tok = train_tokenizer(TokenizerConfig(vocab_size=300, min_frequency=1), ['Question yes no'])
+  render = pfd.chat_renderer(None)
+  calls = []
+
+  def parsed():
+    calls.append(1)
+    return pf.parse(cfg, render, lambda s: None)
+
+  directory, meta, cached = pf.pairs_stage(cfg, tok, None, parsed)
+  return directory, meta, cached, calls, tok
+
+
+def test_converted_pairs_are_cached_by_file_content(tmp_path):
+  path = _dataset(tmp_path / 'pairs.jsonl')
+  first, meta, cached, calls, _ = _convert(path)
+  assert not cached and calls == [1]
+  assert meta['format'] == 'standard'
+  assert meta['counts']['train_pairs'] + meta['counts']['test_pairs'] == 12
+  assert meta['counts']['test_pairs'] == 3  # a quarter of the 12 distinct prompts
+  again, _, cached, calls, _ = _convert(path)
+  assert again == first and cached and calls == []  # nothing parsed or written again
+  path.touch()  # a new mtime, the same bytes
+  assert _convert(path)[2]
+  _dataset(path, tag='!')  # the same name, other contents
+  changed, _, cached, calls, _ = _convert(path)
+  assert changed != first and not cached and calls == [1]
+  # The truncation settings key the entry too.
+  assert _convert(path, max_response_tokens=5)[0] != changed
+
+
+def test_grain_batches_are_a_deterministic_function_of_seed_and_step(tmp_path):
+  directory, meta, _, _, tok = _convert(_dataset(tmp_path / 'pairs.jsonl', n=20))
+  source = pf.grain_source(directory, 'train')
+  n = len(source)
+  p, r = meta['prompt_len'], meta['response_len']
+  make = lambda seed: pf.batches(source, 3, seed, p, r, tok.pad_id)
+  a, b, other = make(0), make(0), make(1)
+  for step in (0, 1, 7, 40):  # a rebuilt pipeline (a resumed stage) sees the same batches
+    for key in a(step):
+      np.testing.assert_array_equal(a(step)[key], b(step)[key])
+  assert any(not np.array_equal(a(s)['chosen_tokens'], other(s)['chosen_tokens']) for s in range(4))
+  batch = a(0)
+  assert batch['chosen_tokens'].shape == (3, p + r)
+  # One epoch visits each example once; the next epoch is another order.
+  prompts = lambda step: [tuple(row) for row in a(step)['chosen_tokens'][:, :p]]
+  per_epoch = n // 3
+  epoch0 = [x for s in range(per_epoch) for x in prompts(s)]
+  assert len(set(epoch0)) == len(epoch0) == per_epoch * 3
+  # The canonical arrays of the whole split: prompts left-padded, responses right-padded.
+  arrays = pf.canonical(source, p, r, tok.pad_id)
+  assert arrays['chosen_tokens'].shape == (n, p + r)
+  assert (arrays['chosen_response_mask'][:, :p] == 0).all()
+  assert (arrays['chosen_attention_mask'][:, p - 1] == 1).all()
+
+
+def test_config_errors_are_named():
+  with pytest.raises(ConfigError, match=r'task\.data\.path is not set'):
+    pf.Config().validate()
+  with pytest.raises(ConfigError, match=r'task\.data\.path=/nope\.jsonl: no such file'):
+    pf.Config(data=pf.DataConfig(path='/nope.jsonl')).validate()
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end
+
+
+def test_cli_runs_dpo_on_an_hh_file(tmp_path):
+  rows = []
+  for i in range(24):
+    dialogue = f'\n\nHuman: Is review {i} kind?\n\nAssistant:'
+    rows.append({'chosen': dialogue + ' Yes, it is kind.', 'rejected': dialogue + ' No.',
+                 'split': 'test' if i % 6 == 0 else 'train'})
+  path = _jsonl(tmp_path / 'hh.jsonl', rows)
+  out = tmp_path / 'out'
+  assert cli.main(['run', 'preference_file', '--variant', 'tiny', '--quiet', '--out', str(out),
+                   '--set', f'task.data.path={path}', '--set', "methods=('sft','dpo')"]) == 0
+  df = pd.read_csv(out / 'results.csv')
+  assert set(df['method']) == {'sft', 'dpo'}
+  for col in ('kl', 'proxy_reward', 'gold_reward', 'implicit_accuracy'):
+    assert np.isfinite(df[col].to_numpy(float)).all(), col
+  np.testing.assert_array_equal(df['proxy_reward'], df['gold_reward'])  # the RM, said twice
+  assert (df['kl'] >= -1e-5).all()
+  assert (df[df['step'] == 0]['implicit_accuracy'] == 0.5).all()  # π_ref: every pair a tie
+  info = json.loads((out / 'stages.json').read_text())['info']
+  assert info['format'] == 'hh'
+  assert info['counts']['train_pairs'] == 20 and info['counts']['test_pairs'] == 4
+  assert 'proxy_reward' in (out / 'summary.md').read_text()
