@@ -49,6 +49,7 @@ from alignlab.config import SamplingConfig
 from alignlab.logprobs import sequence_logprobs, sum_and_count, token_kl, token_logprobs
 from alignlab.losses.ppo import kl_k3
 from alignlab.sampling import sample
+from alignlab.train.batches import fixed_batches
 
 TEMPERATURES = (0.0, 0.25, 0.5, 0.75, 1.0)
 GREEDY_TEMPERATURE = 1e-6  # T = 0 in the exact task: logits / 1e-6 make every row one-hot
@@ -85,13 +86,6 @@ def pad_prompts(prompts: Sequence[Sequence[int]], length: int, pad_id: int) -> t
   return tokens_NxP, mask_NxP
 
 
-def _batches(n: int, batch_size: int):
-  """(indices, n_real) of fixed-size batches over n items; the last is filled with repeats."""
-  for start in range(0, n, batch_size):
-    index = np.arange(start, start + batch_size) % n
-    yield index, min(batch_size, n - start)
-
-
 def _responses(tokens_BxT: np.ndarray, response_mask_BxT: np.ndarray) -> list[list[int]]:
   return [row[mask.astype(bool)].tolist() for row, mask in zip(tokens_BxT, response_mask_BxT)]
 
@@ -126,7 +120,7 @@ def sample_responses(graphdef, params, prompts: Sequence[Sequence[int]], key: ja
   pad_id = sampling.pad_id if pad_id is None else pad_id
   prompt_len = prompt_len or max(len(p) for p in prompts)
   tokens_NxP, mask_NxP = pad_prompts(prompts, prompt_len, pad_id)
-  for b, (index, n_real) in enumerate(_batches(len(prompts), batch_size)):
+  for b, (index, n_real) in enumerate(fixed_batches(len(prompts), batch_size)):
     out = sample(graphdef, params, jnp.asarray(tokens_NxP[index]), jnp.asarray(mask_NxP[index]),
                  jax.random.fold_in(key, b), sampling)
     yield index, n_real, jax.device_get(out)
@@ -224,7 +218,7 @@ def implicit_reward_accuracy(graphdef, params, ref_params, pairs: dict[str, np.n
   keys = [k for k in pairs if k.endswith(('_tokens', '_mask'))]
   n = len(pairs['chosen_tokens'])
   first, second = [], []
-  for index, n_real in _batches(n, batch_size):
+  for index, n_real in fixed_batches(n, batch_size):
     c, r = _pair_implicit_rewards(graphdef, params, ref_params,
                                   {k: jnp.asarray(pairs[k][index]) for k in keys}, prompt_len)
     first.append(np.asarray(c)[:n_real])

@@ -39,7 +39,7 @@ from alignlab.data.cache import atomic_dir, copy_logs, work_dir
 from alignlab.data.tokenizer import Tokenizer
 from alignlab.heads import last_token_value
 from alignlab.losses.reward import logistic
-from alignlab.train.batches import ArrayBatches
+from alignlab.train.batches import ArrayBatches, fixed_batches
 from alignlab.train.reward_model import cached_scalar_model, score
 from alignlab.train.fit import fit
 
@@ -115,10 +115,9 @@ def logits_of_rows(graphdef, params, tokens_NxT: np.ndarray, mask_NxT: np.ndarra
   filled with repeats), so any N reuses one compiled scorer."""
   n = len(tokens_NxT)
   out = []
-  for start in range(0, n, batch_size):
-    idx = np.arange(start, start + batch_size) % n
+  for idx, n_real in fixed_batches(n, batch_size):
     logits_B = score(graphdef, params, jnp.asarray(tokens_NxT[idx]), jnp.asarray(mask_NxT[idx]))
-    out.append(np.asarray(logits_B)[:min(batch_size, n - start)])
+    out.append(np.asarray(logits_B)[:n_real])
   return np.concatenate(out).astype(np.float32) if out else np.zeros((0,), np.float32)
 
 

@@ -35,3 +35,11 @@ class ArrayBatches:
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     idx = self.indices(step)
     return {k: v[idx] for k, v in self.arrays.items()}
+
+
+def fixed_batches(n: int, batch_size: int):
+  """(index, n_real) of fixed-size batches over n rows, the last filled by wrapping around to
+  the first rows: every batch has one shape, so a jitted scorer compiles once for any n. Keep
+  the first `n_real` results of each batch."""
+  for start in range(0, n, batch_size):
+    yield np.arange(start, start + batch_size) % n, min(batch_size, n - start)

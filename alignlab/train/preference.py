@@ -21,6 +21,7 @@ from flax import nnx
 
 from alignlab.logprobs import sequence_logprobs, shared_prompt_logprobs, sum_and_count
 from alignlab.losses.preference import PREFERENCE_LOSSES
+from alignlab.train.batches import fixed_batches
 
 # Loss hyperparameters that select code paths: static under jit, bound with partial.
 STATIC_HPARAMS = ('reference_free', 'length_normalized')
@@ -159,12 +160,10 @@ def reference_logps(graphdef, ref_params, pairs: dict[str, np.ndarray], *, promp
   keys = [k for k in pairs if k.startswith(('chosen_', 'rejected_'))]
   n = len(pairs['chosen_tokens'])
   chosen, rejected = [], []
-  for start in range(0, n, batch_size):
-    idx = np.arange(start, start + batch_size) % n  # pad the last batch by wrapping
+  for idx, n_real in fixed_batches(n, batch_size):
     batch = {k: jnp.asarray(pairs[k][idx]) for k in keys if k.endswith(('tokens', 'mask'))}
     c, r = _ref_logps_batch(graphdef, ref_params, batch, prompt_len)
-    take = min(batch_size, n - start)
-    chosen.append(np.asarray(c)[:take])
-    rejected.append(np.asarray(r)[:take])
+    chosen.append(np.asarray(c)[:n_real])
+    rejected.append(np.asarray(r)[:n_real])
   return {**pairs, 'ref_chosen_logps': np.concatenate(chosen).astype(np.float32),
           'ref_rejected_logps': np.concatenate(rejected).astype(np.float32)}

@@ -18,6 +18,7 @@ from alignlab.config import ModelConfig
 from alignlab.data.cache import cache_dir
 from alignlab.heads import ScalarModel, last_token_value
 from alignlab.losses.reward import bradley_terry
+from alignlab.train.batches import fixed_batches
 
 
 def pair_rewards(model, batch: dict):
@@ -60,10 +61,9 @@ def evaluate_pairs(graphdef, params, pairs: dict, *, batch_size: int = 256) -> d
   n = len(pairs['chosen_tokens'])
   keys = [k for k in pairs if k.endswith(('_tokens', '_attention_mask'))]
   totals: dict[str, float] = {}
-  for start in range(0, n, batch_size):
-    idx = np.arange(start, start + batch_size) % n
+  for idx, n_real in fixed_batches(n, batch_size):
     batch = {k: jnp.asarray(pairs[k][idx]) for k in keys}
-    batch['example_mask'] = jnp.asarray((np.arange(start, start + batch_size) < n), jnp.float32)
+    batch['example_mask'] = jnp.asarray(np.arange(batch_size) < n_real, jnp.float32)
     m = jax.device_get(_pair_metrics(graphdef, params, batch))
     c = float(m['count'])
     for k in ('accuracy', 'margin'):
