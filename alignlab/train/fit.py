@@ -20,6 +20,12 @@
 Batches are a pure function of the step and the RNG lives in the state, so a run resumed from
 its checkpoint at step N replays exactly what an uninterrupted run does from N.
 
+Several processes (`alignlab/distributed.py`): every process runs the loop over one mesh of
+all their devices; each holds the whole host batch and places its own devices' shards
+(`distributed.put`), metrics are gathered before they are read (`distributed.to_host`), and
+process 0 alone writes the run dirs' files and shows the progress bar; checkpoints are
+orbax's multi-host saves, which every process takes part in.
+
 The NaN policy (one for every stage and method): a run whose loss or gradient norm turns
 non-finite, or whose evaluation does, FAILS. It stops being saved and evaluated, `failed.json`
 in its run dir records the step and the reason, and its newest checkpoint stays the last state
@@ -44,7 +50,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from alignlab import sharding
+from alignlab import distributed, sharding
 from alignlab.checkpoint import Checkpointer
 from alignlab.config import OptimizerConfig, to_dict
 from alignlab.train.batches import ArrayBatches
@@ -184,7 +190,7 @@ def _all_finite(tree: Any) -> jax.Array:
 
 def truncate_jsonl(path: Path, last_step: int) -> None:
   """Drops records past `last_step` (written after the checkpoint we resume from)."""
-  if not path.exists():
+  if not path.exists() or not distributed.is_writer():
     return
   keep = [line for line in path.read_text().splitlines()
           if line.strip() and json.loads(line).get('step', 0) <= last_step]
@@ -200,16 +206,18 @@ def read_last(path: Path) -> dict | None:
 
 
 def eval_schedule(n_steps: int, points: int) -> list[int]:
-  """`points` evaluation steps in (0, n_steps], geometric (1, 2, 4, … in spirit): dense early,
-  where a policy moves fastest, sparse late; n_steps always included. Step 0 is evaluated
-  apart."""
+  """Up to `points` evaluation steps in (0, n_steps], each twice the one before and the last at
+  n_steps (…, n/4, n/2, n): a policy moves most early on, and a path drawn on a log scale of
+  steps is evenly sampled. Step 0 is evaluated apart."""
   if n_steps <= 0 or points <= 0:
     return []
-  grid = np.unique(np.round(np.geomspace(1, n_steps, points)).astype(int))
-  return sorted(set(grid.tolist()) | {n_steps})
+  grid = np.round(n_steps / 2.0 ** np.arange(points)[::-1]).astype(int)
+  return sorted(set(np.clip(grid, 1, n_steps).tolist()))
 
 
 def _append(path: Path, step: int, row: dict) -> None:
+  if not distributed.is_writer():
+    return
   with path.open('a') as f:
     f.write(json.dumps({'step': step, **row}) + '\n')
 
@@ -225,7 +233,8 @@ def _common_step(ckpts: list[Checkpointer]) -> int:
 
 
 def mark_failed(run_dir: Path, record: dict) -> None:
-  (Path(run_dir) / FAILED).write_text(json.dumps(record))
+  if distributed.is_writer():
+    (Path(run_dir) / FAILED).write_text(json.dumps(record))
 
 
 def diverged_message(desc: str, record: dict, run_dir: str | Path) -> str:
@@ -240,7 +249,8 @@ def failure(run_dir: str | Path) -> dict | None:
 
 
 def _host(metrics: dict) -> dict[str, np.ndarray]:
-  return {k: np.atleast_1d(np.asarray(v, np.float64)) for k, v in jax.device_get(metrics).items()}
+  return {k: np.atleast_1d(np.asarray(v, np.float64))
+          for k, v in distributed.to_host(metrics).items()}
 
 
 def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_steps: int,
@@ -274,8 +284,10 @@ def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_st
   n_runs = len(run_dirs)
   take = take or (lambda s, r: s)
   stack = stack or (lambda states: states[0])
+  writer = distributed.is_writer()  # the others compute with it and write nothing
   for d in run_dirs:
-    d.mkdir(parents=True, exist_ok=True)
+    if writer:
+      d.mkdir(parents=True, exist_ok=True)
   ckpts = [Checkpointer(d / 'checkpoints', to_dict(c), max_to_keep=2)
            for d, c in zip(run_dirs, configs)]
   try:
@@ -293,7 +305,8 @@ def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_st
       truncate_jsonl(path, start)
     failed: list[dict | None] = [None] * n_runs
     for d in run_dirs:
-      (d / FAILED).unlink(missing_ok=True)  # a rerun starts from the last finite checkpoint
+      if writer:
+        (d / FAILED).unlink(missing_ok=True)  # a rerun starts from the last finite checkpoint
     stopped: list[dict | None] = [None] * n_runs
     for r, d in enumerate(run_dirs):
       record = json.loads((d / STOPPED).read_text()) if (d / STOPPED).exists() else None
@@ -301,7 +314,7 @@ def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_st
         stopped[r] = record  # stopped before the step we resume from: frozen again
         if freeze is not None:
           freeze(r)
-      else:
+      elif writer:
         (d / STOPPED).unlink(missing_ok=True)  # replayed: it stops again where it did
     last_rows = [read_last(p) for p in eval_paths]
     wall0 = [row.get('wall_s', 0.0) if row else 0.0 for row in last_rows]
@@ -313,7 +326,8 @@ def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_st
         ckpts[r].wait()
         failed[r] = {'step': step, 'reason': reason, 'last_checkpoint': ckpts[r].latest_step()}
         mark_failed(run_dirs[r], failed[r])
-        tqdm.write(f'{desc}: run {run_dirs[r].name} failed at step {step}: {reason}')
+        if writer:
+          tqdm.write(f'{desc}: run {run_dirs[r].name} failed at step {step}: {reason}')
 
     def evaluate(step):
       rows = eval_fn(state, step)
@@ -332,7 +346,8 @@ def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_st
         reason = stop_fn(row) if stop_fn is not None else None
         if reason is not None:
           stopped[r] = {'step': step, 'reason': reason}
-          (run_dirs[r] / STOPPED).write_text(json.dumps(stopped[r]))
+          if writer:
+            (run_dirs[r] / STOPPED).write_text(json.dumps(stopped[r]))
           if freeze is not None:
             freeze(r)
 
@@ -347,11 +362,13 @@ def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_st
 
     if eval_fn is not None and (eval_every or eval_at) and start == 0:
       for path in eval_paths:
-        path.unlink(missing_ok=True)
+        if writer:
+          path.unlink(missing_ok=True)
       evaluate(0)
     end = n_steps if stop_after is None else min(n_steps, start + stop_after)
     finite_R = None
-    bar = tqdm(total=n_steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=n_steps, initial=start, desc=desc, disable=not (progress and writer),
+               dynamic_ncols=True)
     for step in range(start, end):
       state, metrics = step_fn(state, *feed_at(step))
       done = step + 1
@@ -387,6 +404,9 @@ def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_st
     bar.close()
     if end > start and not all(f is not None for f in failed):
       save(end)
+    for c in ckpts:
+      c.wait()
+    distributed.sync('alignlab.fit.loop')  # what process 0 wrote is there for every process
     return state, failed
   finally:
     for c in ckpts:
@@ -439,18 +459,20 @@ def fit_runs(loss_fn: Callable, params: Any, data: RunBatches | Callable[[int], 
   step = _runs_step(loss_fn, optimizer, tx, grad_accum, gather,
                     resolve_runs_per_chunk(runs_per_chunk, axis), state_sh, runs_sh, mesh, axis,
                     shared)
+  # Every process holds the whole host data and places its own devices' shards
+  # (`distributed.put`; `jax.device_put` on one process).
   if gather:
-    arrays = jax.device_put({k: np.asarray(v) for k, v in data.arrays.items()},
-                            sharding.replicated(mesh))
+    arrays = {k: distributed.put(np.asarray(v), sharding.replicated(mesh))
+              for k, v in data.arrays.items()}
     indices_sh = NamedSharding(mesh, P(axis, _batch_axes(axis)))
 
     def feed_at(i):
-      return arrays, jax.device_put(data.indices(i), indices_sh), live['hp'], shared
+      return arrays, distributed.put(data.indices(i), indices_sh), live['hp'], shared
   else:
     batch_sh = NamedSharding(mesh, P(_batch_axes(axis)))
 
     def feed_at(i):
-      return (jax.device_put({k: np.asarray(v) for k, v in data(i).items()}, batch_sh),
+      return ({k: distributed.put(np.asarray(v), batch_sh) for k, v in data(i).items()},
               live['hp'], shared)
 
   def stack(slices):
