@@ -199,7 +199,7 @@ def test_truncation_keeps_the_prompt_end_and_the_response_start_and_is_counted()
   examples, stats = pfd.tokenize_rows(rows, encode, bos_id=2, eos_id=1, max_prompt_tokens=4,
                                       max_response_tokens=3, path='f.jsonl')
   first = examples[0]
-  assert first['prompt'] == [ord(c) for c in 'efgh']  # <bos> + 8 chars, its last 4 kept
+  assert first['prompt'] == [2] + [ord(c) for c in 'fgh']  # <bos> and the last 3 of 8 chars
   assert first['chosen'] == [ord(c) for c in 'XYZ']  # its first 3: the EOS is cut off too
   assert first['rejected'] == [ord('Q'), 1]
   assert examples[1]['prompt'] == [2, ord('a'), ord('b')]
@@ -270,9 +270,12 @@ def test_grain_batches_are_a_deterministic_function_of_seed_and_step(tmp_path):
   assert batch['chosen_tokens'].shape == (3, p + r)
   # One epoch visits each example once; the next epoch is another order.
   prompts = lambda step: [tuple(row) for row in a(step)['chosen_tokens'][:, :p]]
+  assert n % 3 == 0  # 15 of the 20 prompts train: batches then never straddle two epochs
   per_epoch = n // 3
   epoch0 = [x for s in range(per_epoch) for x in prompts(s)]
-  assert len(set(epoch0)) == len(epoch0) == per_epoch * 3
+  epoch1 = [x for s in range(per_epoch, 2 * per_epoch) for x in prompts(s)]
+  assert len(set(epoch0)) == len(epoch0) == n and set(epoch1) == set(epoch0)
+  assert epoch1 != epoch0
   # The canonical arrays of the whole split: prompts left-padded, responses right-padded.
   arrays = pf.canonical(source, p, r, tok.pad_id)
   assert arrays['chosen_tokens'].shape == (n, p + r)
@@ -295,7 +298,9 @@ def test_cli_runs_dpo_on_an_hh_file(tmp_path):
   rows = []
   for i in range(24):
     dialogue = f'\n\nHuman: Is review {i} kind?\n\nAssistant:'
-    rows.append({'chosen': dialogue + ' Yes, it is kind.', 'rejected': dialogue + ' No.',
+    # Every fourth chosen response is far past the tiny variant's 16 response tokens.
+    long = ''.join(f' word{j}' for j in range(40)) if i % 4 == 0 else ''
+    rows.append({'chosen': dialogue + ' Yes, it is kind.' + long, 'rejected': dialogue + ' No.',
                  'split': 'test' if i % 6 == 0 else 'train'})
   path = _jsonl(tmp_path / 'hh.jsonl', rows)
   out = tmp_path / 'out'
@@ -311,4 +316,57 @@ def test_cli_runs_dpo_on_an_hh_file(tmp_path):
   info = json.loads((out / 'stages.json').read_text())['info']
   assert info['format'] == 'hh'
   assert info['counts']['train_pairs'] == 20 and info['counts']['test_pairs'] == 4
+  assert info['counts']['truncated_chosen'] == info['counts']['truncated_rows'] == 6
+  assert info['response_len'] == 16  # cut to the limit, and every number above is finite
   assert 'proxy_reward' in (out / 'summary.md').read_text()
+
+
+def test_cli_stops_on_a_bad_row_with_one_line(tmp_path, capsys):
+  path = tmp_path / 'pairs.jsonl'
+  path.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
+                  '{"prompt": "a", "chosen": "b", "rejected": "b"}\n')
+  assert cli.main(['run', 'preference_file', '--variant', 'tiny', '--quiet', '--out',
+                   str(tmp_path / 'out'), '--set', f'task.data.path={path}']) == 2
+  err = capsys.readouterr().err.strip()
+  assert err == (f'alignlab: error: {path}:2: chosen and rejected are identical; fix them, or '
+                 'skip them with --set task.data.skip_bad_rows=true')
+
+
+def test_hf_checkpoint_is_pi_ref_and_its_chat_template_renders_the_file(tmp_path):
+  import jax
+
+  from alignlab import hf, sharding
+  from alignlab.config import MeshConfig, ModelConfig
+  from alignlab.heads import CausalLM
+  tok = train_tokenizer(TokenizerConfig(vocab_size=300, min_frequency=1),
+                        [p + c + r for p, c, r in PAIRS] * 3)
+  mcfg = ModelConfig(vocab_size=tok.vocab_size, max_seq_len=48, d_model=16, n_layers=1,
+                     n_heads=2)
+  mesh = sharding.make_mesh(MeshConfig())
+  graphdef, params = sharding.init_params(lambda r: CausalLM(mcfg, rngs=r), mesh,
+                                          jax.random.key(0))
+  ckpt = hf.save_pretrained(tmp_path / 'ckpt', mcfg, graphdef, params, tok)
+  config = json.loads((ckpt / 'tokenizer_config.json').read_text())
+  config['chat_template'] = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}"
+                             "{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}"
+                             "assistant:{% endif %}")
+  (ckpt / 'tokenizer_config.json').write_text(json.dumps(config))
+  rows = [{'prompt': [{'role': 'user', 'content': p + str(i)}],
+           'chosen': [{'role': 'assistant', 'content': c}],
+           'rejected': [{'role': 'assistant', 'content': r}]} for i in range(4) for p, c, r in PAIRS]
+  path = _jsonl(tmp_path / 'chat.jsonl', rows)
+  cfg = pf.Config(data=pf.DataConfig(path=str(path), max_prompt_tokens=24, max_response_tokens=16),
+                  model=pf.ModelSection(hf_path=str(ckpt)))
+  logs = []
+  env = pf.setup(cfg, mesh=mesh, progress=False, log=logs.append)
+  assert 'conversational format (rendered with the chat template of' in logs[-1]
+  assert env['model_cfg'].d_model == 16 and 'sft' not in env['stages']  # no SFT: the checkpoint
+  p = env['prompt_len']
+  chosen = env['pairs']['chosen_tokens'][env['pairs']['chosen_response_mask'].astype(bool)]
+  # '<eos>' in the rendering is the EOS token, once per response (not appended again).
+  assert (chosen == tok.eos_id).sum() == len(env['pairs']['chosen_tokens'])
+  first_real = env['pairs']['chosen_attention_mask'][:, :p].argmax(1)
+  prompts = env['pairs']['chosen_tokens'][:, :p]
+  assert (prompts[np.arange(len(prompts)), first_real] == tok.bos_id).all()
+  assert env['info']['counts']['truncated_prompts'] > 0  # cut, and still led by <bos>
+  assert np.isfinite(env['pairs']['ref_chosen_logps']).all()

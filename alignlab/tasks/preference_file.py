@@ -45,7 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from alignlab import evaluate, hf, sharding, stages
-from alignlab.config import ConfigError, ModelConfig, OptimizerConfig, SamplingConfig, to_dict
+from alignlab.config import (ConfigError, ModelConfig, OptimizerConfig, SamplingConfig, config_hash,
+                             to_dict)
 from alignlab.data.pairs import left_pad_prompts
 from alignlab.data.preference import collate, read_metadata, read_pairs, write_pairs
 from alignlab.data.tokenizer import Tokenizer, TokenizerConfig, load_or_train_tokenizer
@@ -172,14 +173,19 @@ def file_fingerprint(cfg: Config) -> str:
   return '+'.join(pfd.file_sha256(p) for p in _files(cfg))
 
 
-def pairs_key(cfg: Config, tok: Tokenizer, template: str | None) -> dict:
+def split_key(cfg: Config) -> dict:
   d = cfg.data
-  return {'version': STAGE_VERSION, 'sha256': file_fingerprint(cfg), 'tokenizer': tok.fingerprint,
+  return {'test_file': bool(d.test_path), 'heldout_fraction': d.heldout_fraction,
+          'seed': d.split_seed}
+
+
+def pairs_key(cfg: Config, sha: str, tok: Tokenizer, template: str | None) -> dict:
+  d = cfg.data
+  return {'version': STAGE_VERSION, 'sha256': sha, 'tokenizer': tok.fingerprint,
           'chat_template': pfd.text_sha256(template),
           'truncation': {'max_prompt_tokens': d.max_prompt_tokens,
                          'max_response_tokens': d.max_response_tokens},
-          'split': {'test_file': bool(d.test_path), 'heldout_fraction': d.heldout_fraction,
-                    'seed': d.split_seed},
+          'split': split_key(cfg),
           'skip_bad_rows': d.skip_bad_rows}
 
 
@@ -206,10 +212,12 @@ def _build_pairs(cfg: Config, tok: Tokenizer, parsed, encode, key: dict, out: Pa
                for s, items in splits.items()}, out / 'pairs', metadata=meta)
 
 
-def pairs_stage(cfg: Config, tok: Tokenizer, template: str | None, parsed):
-  """(entry, metadata, from_cache) of the converted pairs: built once per file content,
-  tokenizer, template and truncation settings; `parsed()` (`parse`) is called on a miss."""
-  key = pairs_key(cfg, tok, template)
+def pairs_stage(cfg: Config, tok: Tokenizer, template: str | None, parsed,
+                sha: str | None = None):
+  """(entry, metadata, from_cache) of the converted pairs: built once per file content
+  (`sha`, `file_fingerprint`), tokenizer, template, truncation and split settings;
+  `parsed()` (`parse`) is called on a miss only."""
+  key = pairs_key(cfg, sha or file_fingerprint(cfg), tok, template)
   encode = pfd.make_encoder(tok, pfd.special_tokens_of(tok.path) if template else {})
   path, cached = stages.cached_stage('preference_file',
                                      key, functools.partial(_build_pairs, cfg, tok, parsed, encode, key))
@@ -350,15 +358,20 @@ def _distinct_prompts(pairs: dict, prompt_len: int) -> tuple[np.ndarray, np.ndar
 
 
 def _describe(path: Path, fmt: str, meta: dict, template_source: str) -> str:
-  c, d = meta['counts'], meta['key']['truncation']
-  rendered = f', rendered with {template_source}' if fmt == 'conversational' else ''
-  return (f'{path}: {fmt} format{rendered}; {c["rows"]} rows → {c["train_pairs"]} train / '
-          f'{c["test_pairs"]} test pairs ({c["bad_rows"] + c.get("bad_after_truncation", 0)} bad '
-          f'rows skipped{", " + str(c["kto_unpaired_rows"]) + " KTO rows unpaired" if "kto_unpaired_rows" in c else ""}); '
-          f'truncation: prompts to their last {d["max_prompt_tokens"]} tokens, responses to their '
-          f'first {d["max_response_tokens"]}: {c["truncated_rows"]} rows cut '
-          f'({c["truncated_prompts"]} prompts, {c["truncated_chosen"]} chosen, '
-          f'{c["truncated_rejected"]} rejected); P = {meta["prompt_len"]}, R = {meta["response_len"]}')
+  """The one line that states what was read and what was cut."""
+  c, t = meta['counts'], meta['key']['truncation']
+  parts = [f'{path}: {fmt} format' + (f' (rendered with {template_source})'
+                                      if fmt == 'conversational' else ''),
+           f'{c["rows"]} rows → {c["train_pairs"]} train / {c["test_pairs"]} test pairs',
+           f'{c["bad_rows"] + c["bad_after_truncation"]} bad rows skipped']
+  if 'kto_unpaired_rows' in c:
+    parts.append(f'{c["kto_unpaired_rows"]} KTO rows without a counterpart')
+  parts.append(f'truncation (prompts keep their last {t["max_prompt_tokens"]} tokens, responses '
+               f'their first {t["max_response_tokens"]}): {c["truncated_rows"]} rows cut '
+               f'({c["truncated_prompts"]} prompts, {c["truncated_chosen"]} chosen, '
+               f'{c["truncated_rejected"]} rejected)')
+  parts.append(f'P = {meta["prompt_len"]}, R = {meta["response_len"]} tokens')
+  return '; '.join(parts)
 
 
 def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
@@ -378,11 +391,13 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
     mcfg = graphdef = ref_params = template = None
     render = pfd.chat_renderer(None)  # alignlab's template writes no special token
   parsed = functools.cache(lambda: parse(cfg, render, log))
+  sha = file_fingerprint(cfg)
   if hf_dir is None:
+    # Trained on the train split's text only: the split settings key it beside the content.
     tok = load_or_train_tokenizer(
         cfg.tokenizer, lambda: [t for r in parsed()[1] if r['split'] == 'train'
                                 for t in (r['prompt'], r['chosen'], r['rejected'])],
-        file_fingerprint(cfg))
+        f'{sha}|{config_hash(split_key(cfg))}')
   template_source = (f'the chat template of {hf_dir / "tokenizer_config.json"}' if template
                      else "alignlab's chat template")
   max_len = (mcfg.max_seq_len if mcfg is not None else cfg.model.max_seq_len)
@@ -391,7 +406,7 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
     raise ConfigError(f'task.data.max_prompt_tokens={d.max_prompt_tokens} + '
                       f'task.data.max_response_tokens={d.max_response_tokens} exceed the '
                       f"model's max_seq_len={max_len}")
-  pairs_dir, meta, pairs_cached = pairs_stage(cfg, tok, template, parsed)
+  pairs_dir, meta, pairs_cached = pairs_stage(cfg, tok, template, parsed, sha)
   log(_describe(_files(cfg)[0], meta['format'], meta, template_source))
   p, r = meta['prompt_len'], meta['response_len']
   train = canonical(grain_source(pairs_dir, 'train'), p, r, tok.pad_id)

@@ -30,8 +30,8 @@ raised (with the count of the others) before anything is written.
 Tokens: prompt = <bos> + prompt text (the BOS is not added twice when a chat template already
 wrote it), response = response text + <eos> (not added twice either). Truncation, the field's
 rule (TRL's `truncation_mode='keep_end'` for prompts): a prompt longer than
-`max_prompt_tokens` keeps its last tokens, a response longer than `max_response_tokens` its
-first ones (a response cut so has no EOS, like a sample cut at the length limit). Each cut is
+`max_prompt_tokens` keeps its <bos> and its last tokens, a response longer than
+`max_response_tokens` its first ones (a response cut so has no EOS, like a sample cut at the length limit). Each cut is
 counted; a pair whose two responses are equal once cut is a bad row.
 """
 
@@ -439,7 +439,8 @@ def tokenize_rows(rows: Sequence[dict], encode: Callable, *, bos_id: int, eos_id
       prompt = [bos_id] + prompt
     cut = len(prompt) > max_prompt_tokens
     if cut:
-      prompt = prompt[-max_prompt_tokens:]  # the end of a prompt is what the response follows
+      # The end of a prompt is what the response follows; the <bos> stays its first token.
+      prompt = [bos_id] + prompt[len(prompt) - max_prompt_tokens + 1:]
       counts['truncated_prompts'] += 1
     sides = {}
     for side in ('chosen', 'rejected'):
