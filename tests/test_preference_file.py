@@ -370,3 +370,17 @@ def test_hf_checkpoint_is_pi_ref_and_its_chat_template_renders_the_file(tmp_path
   assert (prompts[np.arange(len(prompts)), first_real] == tok.bos_id).all()
   assert env['info']['counts']['truncated_prompts'] > 0  # cut, and still led by <bos>
   assert np.isfinite(env['pairs']['ref_chosen_logps']).all()
+
+
+def test_a_test_file_is_the_held_out_split_and_must_share_the_format(tmp_path):
+  train = _jsonl(tmp_path / 'train.jsonl', [{'prompt': p, 'chosen': c, 'rejected': r}
+                                            for p, c, r in PAIRS])
+  test = _jsonl(tmp_path / 'test.jsonl', [{'prompt': 'Q: name a tree. A:', 'chosen': ' oak',
+                                           'rejected': ' car'}])
+  cfg = pf.Config(data=pf.DataConfig(path=str(train), test_path=str(test)))
+  fmt, rows, _ = pf.parse(cfg, pfd.chat_renderer(None), lambda s: None)
+  assert [r['split'] for r in rows] == ['train'] * 3 + ['test']
+  _jsonl(test, [{'chosen': 'Q: a b', 'rejected': 'Q: a c'}])
+  with pytest.raises(pfd.PreferenceFileError, match=r'test\.jsonl: implicit_prompt format, but '
+                     r'.*train\.jsonl is standard'):
+    pf.parse(cfg, pfd.chat_renderer(None), lambda s: None)

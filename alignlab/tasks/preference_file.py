@@ -390,6 +390,12 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
   else:
     mcfg = graphdef = ref_params = template = None
     render = pfd.chat_renderer(None)  # alignlab's template writes no special token
+  max_len = mcfg.max_seq_len if mcfg is not None else cfg.model.max_seq_len
+  d = cfg.data
+  if d.max_prompt_tokens + d.max_response_tokens > max_len:
+    raise ConfigError(f'task.data.max_prompt_tokens={d.max_prompt_tokens} + '
+                      f'task.data.max_response_tokens={d.max_response_tokens} exceed the '
+                      f"model's max_seq_len={max_len}")
   parsed = functools.cache(lambda: parse(cfg, render, log))
   sha = file_fingerprint(cfg)
   if hf_dir is None:
@@ -400,12 +406,6 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
         f'{sha}|{config_hash(split_key(cfg))}')
   template_source = (f'the chat template of {hf_dir / "tokenizer_config.json"}' if template
                      else "alignlab's chat template")
-  max_len = (mcfg.max_seq_len if mcfg is not None else cfg.model.max_seq_len)
-  d = cfg.data
-  if d.max_prompt_tokens + d.max_response_tokens > max_len:
-    raise ConfigError(f'task.data.max_prompt_tokens={d.max_prompt_tokens} + '
-                      f'task.data.max_response_tokens={d.max_response_tokens} exceed the '
-                      f"model's max_seq_len={max_len}")
   pairs_dir, meta, pairs_cached = pairs_stage(cfg, tok, template, parsed, sha)
   log(_describe(_files(cfg)[0], meta['format'], meta, template_source))
   p, r = meta['prompt_len'], meta['response_len']
