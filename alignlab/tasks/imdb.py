@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from alignlab import evaluate, sharding, stages
+from alignlab import artifacts, evaluate, sharding, stages
 from alignlab.config import ModelConfig, OptimizerConfig, SamplingConfig, to_dict
 from alignlab.data.pairs import generate_preference_dataset, left_pad_prompts, split_responses
 from alignlab.data.preference import collate, read_pairs
@@ -99,22 +99,56 @@ class Config:
   eval_beta: float = 0.1  # the β of the reported J_β = E[r] − β·KL
   eval_seed: int = 1234
   rl_prompt_pool: int = 4096  # train prompts PPO & co. draw from
+  # A Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json): π_ref is
+  # then SFT'd on the reviews from those weights with that tokenizer, as the DPO paper does
+  # from GPT-2 large (§6.1); `tokenizer` and `model` are ignored (docs/pretrained.md).
+  hf_path: str = ''
 
   @property
   def prompt_len(self) -> int:
     """P: the left-padded prompt width (<bos> + up to prompt_max_tokens)."""
     return self.data.prompt_max_tokens + int(self.data.prompt_bos)
 
-  def sampling(self, temperature: float | None = None) -> SamplingConfig:
+  def sampling(self, temperature: float | None = None, tok: Tokenizer | None = None
+               ) -> SamplingConfig:
+    """Responses of `pairs.max_new_tokens`, ended by the tokenizer's EOS (alignlab's own
+    tokenizers: EOS 1, pad 0)."""
     return SamplingConfig(max_new_tokens=self.pairs.max_new_tokens,
                           temperature=self.pairs.temperature if temperature is None else temperature,
-                          eos_id=1, pad_id=0)
+                          eos_id=1 if tok is None else tok.eos_id,
+                          pad_id=0 if tok is None else tok.pad_id)
+
+
+def _masked_ids(tok: Tokenizer) -> tuple[int, ...]:
+  # The LM never emits <pad> or <bos>: its distributions are over what it may produce. A
+  # tokenizer without those (GPT-2's) maps them to EOS, which must stay emittable.
+  return tuple(sorted({tok.pad_id, tok.bos_id} - {tok.eos_id}))
 
 
 def model_config(cfg: Config, tok: Tokenizer) -> ModelConfig:
-  # The LM never emits <pad> or <bos>: its distributions are over what it may produce.
+  if cfg.hf_path:
+    # A checkpoint's vocabulary may be padded past the tokenizer's (GPT-2: 50,257 → 50,304 in
+    # some exports): those ids decode to nothing and are masked too.
+    mcfg = _pretrained(cfg.hf_path)[0]
+    return dataclasses.replace(mcfg, masked_output_ids=_masked_ids(tok) + tuple(
+        range(tok.vocab_size, mcfg.vocab_size)))
   return dataclasses.replace(cfg.model, vocab_size=tok.vocab_size,
-                             masked_output_ids=(tok.pad_id, tok.bos_id))
+                             masked_output_ids=_masked_ids(tok))
+
+
+@functools.lru_cache(maxsize=2)
+def _pretrained(path: str):
+  """(model config, graphdef, params, tokenizer) of a Hugging Face checkpoint, read once."""
+  from alignlab import hf
+  model_cfg, graphdef, params, tok = hf.load_pretrained(path)
+  if tok is None:
+    raise ValueError(f'task.hf_path={path}: no tokenizer.json beside the weights')
+  return model_cfg, graphdef, params, tok
+
+
+def tokenizer(cfg: Config) -> Tokenizer:
+  """The checkpoint's tokenizer with `hf_path`, else BPE trained on the train reviews."""
+  return _pretrained(cfg.hf_path)[3] if cfg.hf_path else imdb.imdb_tokenizer(cfg.tokenizer, cfg.data)
 
 
 def prompts_for(cfg: Config, tok: Tokenizer, split: str, n: int,
@@ -130,15 +164,21 @@ def prompts_for(cfg: Config, tok: Tokenizer, split: str, n: int,
 
 
 def sft_key(cfg: Config, tok: Tokenizer) -> dict:
-  return {'version': STAGE_VERSION, 'data': imdb.data_fingerprint(cfg.data),
-          'tokenizer': tok.fingerprint, 'model': to_dict(model_config(cfg, tok)),
-          'sft': to_dict(cfg.sft)}
+  key = {'version': STAGE_VERSION, 'data': imdb.data_fingerprint(cfg.data),
+         'tokenizer': tok.fingerprint, 'model': to_dict(model_config(cfg, tok)),
+         'sft': to_dict(cfg.sft)}
+  if cfg.hf_path:  # the starting weights, by content: a changed checkpoint is another π_ref
+    key['weights'] = artifacts.manifest_of(cfg.hf_path)
+  return key
 
 
 def _init_lm(cfg: Config, tok: Tokenizer, mesh):
   mcfg = model_config(cfg, tok)
-  return sharding.init_params(lambda rngs: CausalLM(mcfg, rngs=rngs), mesh,
-                              jax.random.key(cfg.sft.seed))
+  graphdef, params = sharding.init_params(lambda rngs: CausalLM(mcfg, rngs=rngs), mesh,
+                                          jax.random.key(cfg.sft.seed))
+  if cfg.hf_path:  # the pretrained weights, placed as the fresh ones are sharded
+    params = jax.device_put(_pretrained(cfg.hf_path)[2], sharding.shardings_of(params))
+  return graphdef, params
 
 
 def _build_sft(cfg: Config, tok: Tokenizer, mesh, progress: bool, out: Path, work: Path) -> None:
@@ -164,12 +204,12 @@ def sft_stage(cfg: Config, tok: Tokenizer, mesh, *, progress: bool = True):
   return sft_dir, graphdef, stages.restore_params(sft_dir / 'params', like, key), cached
 
 
-def _make_sample_fn(cfg: Config, graphdef, params, k: int):
+def _make_sample_fn(cfg: Config, tok: Tokenizer, graphdef, params, k: int):
   """The pairs stage's sampler: k responses per prompt from the jitted KV-cache sampler."""
-  sampling = cfg.sampling()
+  sampling = cfg.sampling(tok=tok)
 
   def sample_fn(prompts: list[list[int]], key):
-    tokens_BxP, mask_BxP = left_pad_prompts(prompts, cfg.prompt_len, repeat=k)
+    tokens_BxP, mask_BxP = left_pad_prompts(prompts, cfg.prompt_len, pad_id=tok.pad_id, repeat=k)
     out = sample(graphdef, params, jnp.asarray(tokens_BxP), jnp.asarray(mask_BxP), key, sampling)
     responses = split_responses(np.asarray(out.tokens), np.asarray(out.response_mask))
     return [responses[i * k:(i + 1) * k] for i in range(len(prompts))]
@@ -191,8 +231,9 @@ def _pairs(cfg: Config, tok: Tokenizer, graphdef, params, sft_dir: Path, gold, g
   pc = cfg.pairs
   prompts, _, _ = prompts_for(cfg, tok, 'train', pc.n_prompts, pc.seed)
   cache_key = {'version': STAGE_VERSION, 'policy': sft_dir.name,
-               'sampling': to_dict(cfg.sampling()), 'gold': gold_name, 'tokenizer': tok.fingerprint}
-  dataset = generate_preference_dataset(_make_sample_fn(cfg, graphdef, params, pc.k), gold, prompts,
+               'sampling': to_dict(cfg.sampling(tok=tok)), 'gold': gold_name,
+               'tokenizer': tok.fingerprint}
+  dataset = generate_preference_dataset(_make_sample_fn(cfg, tok, graphdef, params, pc.k), gold, prompts,
                                         k=pc.k, cache_key=cache_key, batch_size=pc.batch_size,
                                         progress=progress)
   source = read_pairs(dataset.path)
@@ -247,7 +288,7 @@ def _build_reward_model(cfg: Config, tok: Tokenizer, env: dict, key: dict, out: 
     for i, (tokens_BxP, mask_BxP) in enumerate(zip(tokens_NxP, mask_NxP)):
       out_i = sample(env['graphdef'], env['ref_params'], jnp.asarray(tokens_BxP),
                      jnp.asarray(mask_BxP), jax.random.fold_in(jax.random.key(rc.seed + 1), i),
-                     cfg.sampling())
+                     cfg.sampling(tok=tok))
       scores.append(np.asarray(rm.score(graphdef, params, out_i.tokens, out_i.attention_mask)))
     scores_N = np.concatenate(scores)
     params = rm.normalize(params, scores_N)
@@ -275,7 +316,7 @@ def gold_reward(cfg: Config, tok: Tokenizer, mesh, *, progress: bool = True):
 def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
   """Every shared stage, each built once and then read from the cache; the task's env."""
   bar = tqdm(total=3, desc='imdb stages', disable=not progress)
-  tok = imdb.imdb_tokenizer(cfg.tokenizer, cfg.data)
+  tok = tokenizer(cfg)
   bar.update(1)
   gold, gold_info = gold_reward(cfg, tok, mesh, progress=progress)
   sft_dir, graphdef, ref_params, sft_cached = sft_stage(cfg, tok, mesh, progress=progress)
@@ -294,7 +335,7 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
                                                    cfg.eval_seed)
   tokens_NxP, mask_NxP = jnp.asarray(tokens_NxP), jnp.asarray(mask_NxP)
   key_eval = jax.random.key(cfg.eval_seed)
-  sampling = cfg.sampling(1.0)
+  sampling = cfg.sampling(1.0, tok)
   env = {'name': 'imdb', 'mesh': mesh, 'progress': progress, 'tokenizer': tok,
          'model_cfg': model_config(cfg, tok), 'graphdef': graphdef, 'ref_params': ref_params,
          'prompt_len': p, 'pairs': pairs, 'heldout_pairs': heldout,
