@@ -8,6 +8,10 @@ a run killed mid-save resumes from the previous one. Restoring checks the saved 
 against the expected ones first, so another width is a `ConfigError` naming the parameter
 and the differing config keys, not a shape crash deep inside orbax.
 
+Several processes (`distributed.py`): every process makes the same Checkpointer and calls
+`save` / `restore` at the same steps; orbax's multi-host path writes each process's shards
+and lets process 0 commit the step, so the directory must be on a file system they share.
+
 Interrupts: use the Checkpointer as a context manager, so it is closed on every path.
 
     with Checkpointer(run / 'checkpoints', config) as ckpt:

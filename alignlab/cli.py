@@ -5,6 +5,9 @@
     alignlab plot RESULTS [--out FILE] [--method M ...] [--kind frontier|gap|win_rate]
     alignlab list
 
+Every command takes --coordinator HOST:PORT --num-processes N --process-id I to run as one of
+N processes of one program (docs/multihost.md); on SLURM and TPU pods they are detected.
+
 A mistake the user can fix (an unknown experiment, variant or --set key, a run dir without
 results, a plot with nothing to plot) is one line on stderr and exit status 2.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +29,8 @@ EPILOG = """examples:
   alignlab run path/to/my_pipeline.py --variant tiny --out runs/mine
   alignlab eval runs/exact_frontier-quick/dpo-beta0.1-seed0 --recompute
   alignlab plot runs/exact_frontier-quick/results.csv --method dpo --method best_of_n --out dpo.png
+  alignlab run exact_frontier --coordinator host0:1234 --num-processes 2 --process-id 0
+      (and --process-id 1 on the other host; docs/multihost.md)
 
 Run directories: OUT/<method>-<hparam><value>-seed<k>/ with config.json, metrics.jsonl,
 eval.jsonl and checkpoints/; OUT/results.csv is the tidy table of every evaluation point.
@@ -44,7 +50,21 @@ class _Parser(argparse.ArgumentParser):
     raise UsageError(f'{message} (see `{self.prog} --help`)')
 
 
+def _distributed_flags() -> argparse.ArgumentParser:
+  """The flags of one process among several (every command takes them): `distributed.py`."""
+  flags = _Parser(add_help=False)
+  group = flags.add_argument_group('multi-process (docs/multihost.md)')
+  group.add_argument('--coordinator', default=None, metavar='HOST:PORT',
+                     help="process 0's address, the same for every process")
+  group.add_argument('--num-processes', type=int, default=None, metavar='N',
+                     help='how many processes run this program')
+  group.add_argument('--process-id', type=int, default=None, metavar='I',
+                     help="this process's index in [0, N)")
+  return flags
+
+
 def build_parser() -> argparse.ArgumentParser:
+  common = [_distributed_flags()]
   parser = _Parser(
       prog='alignlab', epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
       description='Measure how well RLHF (reward model + PPO) and DPO optimize '
@@ -53,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
   run = sub.add_parser('run', help='run (or resume) an experiment',
                        description='Run or resume an experiment; prints the plot path and the '
                                    'best point per method.', epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter, parents=common)
   run.add_argument('experiment', help='a name in experiments/ (see `alignlab list`) or a .py file')
   run.add_argument('--variant', default='quick', help='tiny | quick | paper (default: quick)')
   run.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
@@ -62,17 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument('--quiet', action='store_true', help='no progress bars')
   ev = sub.add_parser('eval', help="show (or recompute) a run's evaluation",
                       description='Print the evaluation points of a run dir (or the best points '
-                                  'of an experiment dir).')
+                                  'of an experiment dir).', parents=common)
   ev.add_argument('run_dir', type=Path)
   ev.add_argument('--recompute', action='store_true',
                   help="re-evaluate the run's latest checkpoint with its experiment")
   plot = sub.add_parser('plot', help='plot a results table',
-                        description='Plot results.csv (or an experiment dir).')
+                        description='Plot results.csv (or an experiment dir).', parents=common)
   plot.add_argument('results', type=Path, help='results.csv or an experiment output dir')
   plot.add_argument('--out', type=Path, default=None, help='PNG file (default: beside RESULTS)')
   plot.add_argument('--method', action='append', default=[], help='only these methods (repeatable)')
   plot.add_argument('--kind', default='frontier', choices=('frontier', 'gap', 'win_rate'))
-  sub.add_parser('list', help='list experiments and their variants')
+  sub.add_parser('list', help='list experiments and their variants', parents=common)
   return parser
 
 
@@ -174,6 +194,7 @@ def cmd_plot(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  from alignlab import distributed
   from alignlab.artifacts import ArtifactError, user_io_error
   from alignlab.config import ConfigError
   from alignlab.pipeline import ExperimentError, RunsFailed
@@ -185,6 +206,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
       parser.print_help()
       return 2
+    try:  # before any JAX computation
+      distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    except ValueError as e:
+      raise UsageError(str(e)) from None
+    if not distributed.is_writer():  # process 0 prints and draws for all of them
+      if args.command in ('list', 'plot'):  # host work only: nothing to compute together
+        return 0
+      sys.stdout = open(os.devnull, 'w')  # noqa: SIM115 (for the rest of this process)
     if args.command == 'list':
       return cmd_list()
     if args.command == 'run':  # straight to the pipeline: it prints the verdict and plots

@@ -17,6 +17,10 @@ its cached stages (`alignlab/stages.py`: one cache root) and returns its env; ev
 (`alignlab/methods.py`). `run` alone writes `results.csv`, `win_rates.csv`, `stages.json`,
 the plots and `summary.md`.
 
+Several processes (`alignlab/distributed.py`, docs/multihost.md) run the same `run`: they
+train and evaluate together over one mesh of all their devices, and process 0 alone writes
+the out dir (the same files a single process writes) and prints.
+
 Run dirs and the results table: `alignlab/runs.py`. Errors the user can fix are
 `ExperimentError` or `config.ConfigError`, one line each.
 """
@@ -36,7 +40,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from alignlab import methods as methods_lib
-from alignlab import plots, runs, sharding
+from alignlab import distributed, plots, runs, sharding
 from alignlab import verdict as verdict_lib
 from alignlab.config import ConfigError, MeshConfig, apply_overrides, config_hash, to_dict
 from alignlab.methods import METHODS, RLConfig, Sweeps, TrainConfig
@@ -169,7 +173,7 @@ def _log(progress: bool, name: str):
 def setup(cfg: ExperimentConfig, *, progress: bool = True) -> tuple[ModuleType, dict]:
   """(task module, env): the task's stages built or read from the cache."""
   _, task = task_of(cfg.task)
-  mesh = sharding.make_mesh(cfg.mesh)
+  mesh = sharding.make_mesh(cfg.mesh)  # a mesh that does not fit: ConfigError, before any compile
   return task, task.setup(cfg.task, mesh=mesh, progress=progress, log=_log(progress, cfg.name))
 
 
@@ -248,78 +252,87 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, *, source: dict | None = Non
   methods_lib.validate(cfg.methods, cfg.sweeps, cfg.train, cfg.rl)
   if out_dir.exists() and not out_dir.is_dir():
     raise ExperimentError(f'--out {out_dir} is a file; give a directory')
-  out_dir.mkdir(parents=True, exist_ok=True)
+  sharding.make_mesh(cfg.mesh)  # a mesh.* that does not fit the devices fails before any write
+  if not distributed.same_everywhere(config_hash(cfg)):
+    raise ConfigError(f'process {distributed.process_index()} of {distributed.process_count()} '
+                      'runs another config than some other process: give every process the '
+                      'same command (experiment, --variant, --set)')
+  writer = distributed.is_writer()
+  progress, verbose = progress and writer, verbose and writer  # one voice: process 0's
+  if writer:
+    out_dir.mkdir(parents=True, exist_ok=True)
   source = source or {'experiment': cfg.name, 'variant': None, 'overrides': []}
   record = json.dumps({**source, 'config_hash': config_hash(cfg), 'config': to_dict(cfg)},
                       indent=1, default=str)
   with runs.lock_dir(out_dir):  # one process per out dir: two would interleave their results
-    return _run_locked(cfg, out_dir, record, progress=progress, verbose=verbose)
-
-
-def _run_locked(cfg: ExperimentConfig, out_dir: Path, record: str, *, progress: bool,
-                verbose: bool) -> ExperimentResult:
-  record_path = out_dir / 'experiment.json'
-  if not record_path.exists():  # a partial run can be re-evaluated (`alignlab eval`)
-    record_path.write_text(record)
-  enable_compilation_cache()
-  log = _log(progress, cfg.name)
-  t0 = time.perf_counter()
-  _, env = setup(cfg, progress=progress)
-  timings = {'stages_s': time.perf_counter() - t0}
-  if 'frontier' in env and not (out_dir / 'frontier.csv').exists():
-    env['frontier']().to_csv(out_dir / 'frontier.csv', index=False)
-  for name in cfg.methods:
-    t1 = time.perf_counter()
-    values = getattr(cfg.sweeps, name, METHODS[name]["values"])  # an entry added at run time
-    runs_ = [(v, s) for v in values for s in cfg.seeds]
-    trained = METHODS[name]['train'](env, name, runs_, cfg, out_dir, progress)
-    timings[f'{name}_s'] = time.perf_counter() - t1
-    log(f'{name}: {trained} runs trained in {timings[f"{name}_s"]:.1f} s' if trained else
-        f'{name}: {len(runs_)} runs complete, skipped')
-  timings['total_s'] = time.perf_counter() - t0
-  (out_dir / 'stages.json').write_text(json.dumps(
-      {'stages': env.get('stages', {}), 'info': env.get('info', {}), 'timings': timings},
-      indent=2, default=str))
-  record_path.write_text(record)  # the config that made the latest results
-  df = runs.collect_results(out_dir)
-  results_csv = out_dir / 'results.csv'
-  df.to_csv(results_csv, index=False)
-  win_rates = runs.collect_win_rates(out_dir)
-  if len(win_rates):
-    win_rates.to_csv(out_dir / 'win_rates.csv', index=False)
-  figures = make_plots(cfg, df, out_dir)
-  table = summary(cfg, df)
-  by, mode = getattr(task_of(cfg.task)[1], 'VERDICT', ('gold_reward', 'max'))
-  verdict_md = verdict_lib.verdict_markdown(
-      verdict_lib.verdict(df, budgets=cfg.kl_budgets, by=by, mode=mode), by=by,
-      beta=getattr(cfg.task, 'eval_beta', None))
-  failed = runs.failures(out_dir)
-  stage_s = timings['stages_s']
-  cost = ', '.join(f'{k[:-2]} {v:.0f} s' for k, v in timings.items() if k not in ('total_s',))
-  (out_dir / 'summary.md').write_text(
-      f'# {cfg.name}\n\n'
-      f'{df["run"].nunique() if len(df) else 0} runs, {len(df)} evaluation points; '
-      f'{timings["total_s"]:.0f} s (stages {stage_s:.0f} s; {cost}).\n\n'
-      f'## Verdict: best {by} at each KL budget\n\n{verdict_md}\n'
-      f'## Best point per method (`results.csv`)\n\n```\n{table}\n```\n'
-      + ('\n## Failed runs (they give no point)\n\n' + ''.join(
-          f'- {name}: {f["reason"]} at step {f["step"]}\n' for name, f in failed)
-         if failed else ''))
-  if verbose:
-    print(f'{cfg.name}: {len(df)} evaluation points from '
-          f'{df["run"].nunique() if len(df) else 0} runs in {timings["total_s"]:.0f} s; '
-          f'results: {results_csv}')
-    print(f'\nbest point per method ({results_csv}):\n{table}')
-    print(f'\nverdict: best {by} at each KL budget (95 % intervals; {out_dir / "summary.md"}):'
-          f'\n{verdict_md}')
-    for path in figures:
-      print(f'plot: {path}')
-  if failed:
-    raise RunsFailed(f'{len(failed)} run(s) failed and give no point: ' + '; '.join(
-        f'{name} ({f["reason"]} at step {f["step"]})' for name, f in failed[:3])
-        + (' …' if len(failed) > 3 else '') + f'; see failed.json in their run dirs under {out_dir}')
-  return ExperimentResult(out_dir=out_dir, df=df, results_csv=results_csv, plots=figures,
-                          table=table)
+    record_path = out_dir / 'experiment.json'
+    if writer and not record_path.exists():  # a partial run can be re-evaluated (`alignlab eval`)
+      record_path.write_text(record)
+    enable_compilation_cache()
+    log = _log(progress, cfg.name)
+    t0 = time.perf_counter()
+    _, env = setup(cfg, progress=progress)
+    timings = {'stages_s': time.perf_counter() - t0}
+    if 'frontier' in env and not (out_dir / 'frontier.csv').exists():
+      frontier = env['frontier']()  # computed by every process: it may run on the mesh
+      if writer:
+        frontier.to_csv(out_dir / 'frontier.csv', index=False)
+    for name in cfg.methods:
+      t1 = time.perf_counter()
+      values = getattr(cfg.sweeps, name, METHODS[name]["values"])  # an entry added at run time
+      runs_ = [(v, s) for v in values for s in cfg.seeds]
+      trained = METHODS[name]['train'](env, name, runs_, cfg, out_dir, progress)
+      timings[f'{name}_s'] = time.perf_counter() - t1
+      log(f'{name}: {trained} runs trained in {timings[f"{name}_s"]:.1f} s' if trained else
+          f'{name}: {len(runs_)} runs complete, skipped')
+    timings['total_s'] = time.perf_counter() - t0
+    distributed.sync('alignlab.pipeline.trained')  # every run dir written before it is read
+    runs.write_text(out_dir / 'stages.json', json.dumps(
+        {'stages': env.get('stages', {}), 'info': env.get('info', {}), 'timings': timings},
+        indent=2, default=str))
+    runs.write_text(record_path, record)  # the config that made the latest results
+    df = runs.collect_results(out_dir)
+    results_csv = out_dir / 'results.csv'
+    win_rates = runs.collect_win_rates(out_dir)
+    if writer:
+      df.to_csv(results_csv, index=False)
+      if len(win_rates):
+        win_rates.to_csv(out_dir / 'win_rates.csv', index=False)
+    # Drawn by process 0 alone; the others print nothing.
+    figures = make_plots(cfg, df, out_dir) if writer else []
+    table = summary(cfg, df)
+    by, mode = getattr(task_of(cfg.task)[1], 'VERDICT', ('gold_reward', 'max'))
+    verdict_md = verdict_lib.verdict_markdown(
+        verdict_lib.verdict(df, budgets=cfg.kl_budgets, by=by, mode=mode), by=by,
+        beta=getattr(cfg.task, 'eval_beta', None))
+    failed = runs.failures(out_dir)
+    stage_s = timings['stages_s']
+    cost = ', '.join(f'{k[:-2]} {v:.0f} s' for k, v in timings.items() if k not in ('total_s',))
+    runs.write_text(out_dir / 'summary.md',
+        f'# {cfg.name}\n\n'
+        f'{df["run"].nunique() if len(df) else 0} runs, {len(df)} evaluation points; '
+        f'{timings["total_s"]:.0f} s (stages {stage_s:.0f} s; {cost}).\n\n'
+        f'## Verdict: best {by} at each KL budget\n\n{verdict_md}\n'
+        f'## Best point per method (`results.csv`)\n\n```\n{table}\n```\n'
+        + ('\n## Failed runs (they give no point)\n\n' + ''.join(
+            f'- {name}: {f["reason"]} at step {f["step"]}\n' for name, f in failed)
+           if failed else ''))
+    if verbose:
+      print(f'{cfg.name}: {len(df)} evaluation points from '
+            f'{df["run"].nunique() if len(df) else 0} runs in {timings["total_s"]:.0f} s; '
+            f'results: {results_csv}')
+      print(f'\nbest point per method ({results_csv}):\n{table}')
+      print(f'\nverdict: best {by} at each KL budget (95 % intervals; {out_dir / "summary.md"}):'
+            f'\n{verdict_md}')
+      for path in figures:
+        print(f'plot: {path}')
+    if failed:
+      raise RunsFailed(f'{len(failed)} run(s) failed and give no point: ' + '; '.join(
+          f'{name} ({f["reason"]} at step {f["step"]})' for name, f in failed[:3])
+          + (' …' if len(failed) > 3 else '')
+          + f'; see failed.json in their run dirs under {out_dir}')
+    return ExperimentResult(out_dir=out_dir, df=df, results_csv=results_csv, plots=figures,
+                            table=table)
 
 
 def run_experiment(name: str, variant: str = 'quick', overrides: Sequence[str] = (),

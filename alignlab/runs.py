@@ -20,6 +20,10 @@ API
     collect_win_rates(out_dir) -> DataFrame
     best_points(df, by='objective', mode='max') -> DataFrame ; format_table(df) -> str
 
+Several processes (`distributed.py`): process 0 alone takes the locks and writes the run dirs;
+the others compute with it and wait for its writes where they read them back (`prepare_run`,
+`mark_complete`).
+
 `hparams` is the run's identifying hyperparameters, e.g. {'beta': 0.1}; the first one names
 the run and fills the `hparam` / `hparam_value` columns. `beta` in the results is the β of
 J_β used for `objective` and `gap` (the method's own β where it has one).
@@ -41,6 +45,7 @@ from typing import Any, Iterator
 
 import pandas as pd
 
+from alignlab import distributed
 from alignlab.artifacts import TMP_PREFIX, write_text_atomic
 from alignlab.config import config_hash, to_dict
 
@@ -134,8 +139,13 @@ def lock_dir(path: str | Path) -> Iterator[Path]:
   command started twice) gets a RunDirError naming the owner's pid and host instead of
   interleaving its writes with ours. The lock is an flock on `path/.lock`, which also records
   the owner; the kernel drops the flock when its process dies, so a lock file left by a dead
-  process on this host is taken over with a one-line note on stderr."""
+  process on this host is taken over with a one-line note on stderr. Of several processes of
+  one program, process 0 takes it for all of them (the others learn whether it could)."""
   path = Path(path)
+  if distributed.process_count() > 1:
+    with _lock_for_all(path):
+      yield path
+    return
   path.mkdir(parents=True, exist_ok=True)
   fd = _take(path)
   try:
@@ -145,6 +155,29 @@ def lock_dir(path: str | Path) -> Iterator[Path]:
     with contextlib.suppress(FileNotFoundError):
       os.unlink(path / LOCK_FILE)
     os.close(fd)
+
+
+@contextlib.contextmanager
+def _lock_for_all(path: Path) -> Iterator[None]:
+  """`lock_dir` for the processes of one program: process 0 holds the lock, and when it
+  cannot take it every process raises its RunDirError (none waits for the others)."""
+  error = None
+  if distributed.is_writer():
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+      fd = _take(path)
+    except RunDirError as e:
+      error = e
+  if not distributed.agree(error is None):
+    raise error or RunDirError(f'{path} is in use: process 0 could not take its lock '
+                               f'{path / LOCK_FILE}')
+  try:
+    yield
+  finally:
+    if distributed.is_writer():
+      with contextlib.suppress(FileNotFoundError):
+        os.unlink(path / LOCK_FILE)
+      os.close(fd)
 
 
 def _fmt(value: Any) -> str:
@@ -174,8 +207,10 @@ def prepare_run(out_dir: str | Path, method: str, hparams: dict[str, Any], seed:
       raise RunDirError(f'{run} was made by another config (hash {saved.get("config_hash")} ≠ '
                         f'{record["config_hash"]}); choose another --out or delete that run dir')
     return run
-  run.mkdir(parents=True, exist_ok=True)
-  write_text_atomic(path, json.dumps(record, indent=1, default=str))
+  if distributed.is_writer():
+    run.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(record, indent=1, default=str))
+  distributed.sync('alignlab.runs.prepare_run')  # every process reads config.json next
   return run
 
 
@@ -202,11 +237,20 @@ def is_complete(run: str | Path) -> bool:
 
 def mark_complete(run: str | Path, **info: Any) -> None:
   # Atomic: done.json existing is what "complete" means, so it must never exist torn.
-  write_text_atomic(Path(run) / 'done.json', json.dumps({'finished': time.time(), **info}))
+  if distributed.is_writer():
+    write_text_atomic(Path(run) / 'done.json', json.dumps({'finished': time.time(), **info}))
+  distributed.sync('alignlab.runs.mark_complete')  # no process reads the run as incomplete
+
+
+def write_text(path: str | Path, text: str) -> None:
+  """`Path(path).write_text(text)` by process 0 alone (of several processes)."""
+  if distributed.is_writer():
+    Path(path).write_text(text)
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:
-  write_text_atomic(path, ''.join(json.dumps(row) + '\n' for row in rows))
+  if distributed.is_writer():
+    write_text_atomic(path, ''.join(json.dumps(row) + '\n' for row in rows))
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -2,8 +2,9 @@
 one activation-constraint helper.
 
 The same code runs on 1 device, on 8 fake CPU devices
-(`XLA_FLAGS=--xla_force_host_platform_device_count=8`) and on GPU/TPU clusters (call
-`jax.distributed.initialize()` first; the mesh then spans every process's devices).
+(`XLA_FLAGS=--xla_force_host_platform_device_count=8`) and on GPU/TPU clusters
+(`distributed.initialize` first, as the CLI does; the mesh then spans every process's devices,
+and `shard_batch` builds global arrays from the batch every process holds).
 Parameters declare their partition specs where they are created (`model.py`); batches are
 split over ('data', 'fsdp') on their leading axis; everything else is left to XLA's SPMD
 partitioner. Shape problems are reported here, before anything compiles.
@@ -20,6 +21,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from alignlab import distributed
 from alignlab.config import ConfigError, MeshConfig
 
 AXES = ('data', 'fsdp', 'tensor')
@@ -27,28 +29,47 @@ BATCH_AXES = ('data', 'fsdp')
 _LOGICAL = {'batch': BATCH_AXES}
 
 
-def resolve_mesh_shape(cfg: MeshConfig, n_devices: int) -> tuple[int, int, int]:
+def _mesh_keys(shape) -> str:
+  return ' × '.join(f'mesh.{a}={s}' for a, s in zip(AXES, shape))
+
+
+def resolve_mesh_shape(cfg: MeshConfig, n_devices: int, where: str = '') -> tuple[int, int, int]:
+  """The (data, fsdp, tensor) sizes of `cfg` over `n_devices` (one -1 takes the rest); a
+  ConfigError naming the `mesh.*` keys and the device count when they do not fit. `where`
+  says where the devices are (e.g. '2 processes × 4 local')."""
   shape = [cfg.data, cfg.fsdp, cfg.tensor]
+  where = f' ({where})' if where else ''
   if shape.count(-1) > 1:
-    raise ConfigError(f'mesh {tuple(shape)}: at most one axis may be -1')
+    raise ConfigError(f'{_mesh_keys(shape)}: at most one axis may be -1')
   if any(s == 0 or s < -1 for s in shape):
-    raise ConfigError(f'mesh {tuple(shape)}: axis sizes must be positive (or -1 to fill)')
+    raise ConfigError(f'{_mesh_keys(shape)}: axis sizes must be positive (or -1 to fill)')
   if -1 in shape:
     known = math.prod(s for s in shape if s != -1)
     if n_devices % known:
-      raise ConfigError(f'mesh {dict(zip(AXES, shape))} cannot fill {n_devices} devices: '
+      raise ConfigError(f'{_mesh_keys(shape)} cannot fill {n_devices} devices{where}: '
                         f'{n_devices} is not divisible by {known}')
     shape[shape.index(-1)] = n_devices // known
   if math.prod(shape) != n_devices:
-    raise ConfigError(f'mesh {dict(zip(AXES, shape))} needs {math.prod(shape)} devices, '
-                      f'but {n_devices} are available')
+    raise ConfigError(f'{_mesh_keys(shape)} needs {math.prod(shape)} devices, but {n_devices} '
+                      f'are available{where}; make their product {n_devices}, or set one of '
+                      'them to -1 to take the rest')
   return tuple(shape)
 
 
 def make_mesh(cfg: MeshConfig = MeshConfig(), devices: list | None = None) -> Mesh:
-  devices = list(jax.devices()) if devices is None else list(devices)
-  shape = resolve_mesh_shape(cfg, len(devices))
-  return Mesh(np.asarray(devices).reshape(shape), AXES)
+  """The ('data', 'fsdp', 'tensor') mesh of `cfg` over `devices`, by default every device of
+  every process (`jax.make_mesh`: the accelerators' topology decides the order)."""
+  if devices is not None:
+    devices = list(devices)
+    return Mesh(np.asarray(devices).reshape(resolve_mesh_shape(cfg, len(devices))), AXES)
+  n = jax.device_count()
+  processes = distributed.process_count()
+  where = f'{processes} processes × {jax.local_device_count()} local' if processes > 1 else ''
+  shape = resolve_mesh_shape(cfg, n, where)
+  try:
+    return jax.make_mesh(shape, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
+  except (ValueError, NotImplementedError):  # a shape the topology helper cannot lay out
+    return Mesh(np.asarray(jax.devices()).reshape(shape), AXES)
 
 
 @contextlib.contextmanager
@@ -144,16 +165,17 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def shard_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
-  """Puts a host batch onto the mesh, split over ('data', 'fsdp'); checks divisibility."""
+  """Puts a host batch onto the mesh, split over ('data', 'fsdp'); checks divisibility. Of
+  several processes, each holds the whole batch and places its own devices' shards."""
   n = _axis_size(mesh, BATCH_AXES)
   out = {}
   for key, value in batch.items():
     value = np.asarray(value)
     if value.ndim == 0:
-      out[key] = jax.device_put(value, replicated(mesh))
+      out[key] = distributed.put(value, replicated(mesh))
       continue
     if value.shape[0] % n:
       raise ConfigError(f'batch[{key!r}] has {value.shape[0]} rows, not divisible by the '
                         f'{n} data-parallel shards of mesh {dict(mesh.shape)}')
-    out[key] = jax.device_put(value, batch_sharding(mesh))
+    out[key] = distributed.put(value, batch_sharding(mesh))
   return out

@@ -11,16 +11,23 @@ checkpoints (`checkpoint.save_params`); arrays are `.npz`. An entry is written i
 with a manifest and renamed into place, and verified against the manifest when used. `work_dir`
 (`.work-<hash>/`) survives an interruption, so a stage that trains resumes from its own
 checkpoints there; it is removed once the entry is complete.
+
+Several processes (`distributed.py`) build an entry together: process 0 decides whether it is
+intact and holds the lock, every process runs `build` into one shared temp dir (its orbax
+saves are multi-host saves, which need the same directory on every process), and process 0
+alone writes the key, the manifest and renames the entry into place.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from alignlab import artifacts, runs
+from alignlab import artifacts, distributed, runs
 from alignlab.checkpoint import restore_params, save_params
 from alignlab.config import to_dict
 from alignlab.data.cache import cache_dir, copy_logs, work_dir
@@ -35,6 +42,8 @@ def cached_stage(kind: str, key: Any, build: Callable[[Path, Path], None]) -> tu
   rebuilt, with a one-line note."""
   target = cache_dir(kind, key)
   work = work_dir(target)
+  if distributed.process_count() > 1:
+    return _cached_stage_shared(target, work, key, build)
   built = []
 
   def build_entry(tmp: Path) -> None:
@@ -53,3 +62,34 @@ def cached_stage(kind: str, key: Any, build: Callable[[Path, Path], None]) -> tu
 
 def read_json(path: Path) -> dict:
   return json.loads(Path(path).read_text())
+
+
+def _cached_stage_shared(target: Path, work: Path, key: Any,
+                         build: Callable[[Path, Path], None]) -> tuple[Path, bool]:
+  """`cached_stage` for the processes of one program (the module docstring)."""
+  writer = distributed.is_writer()
+  problems = artifacts.verify(target) if writer and target.exists() else []
+  if distributed.agree(writer and target.exists() and not problems):
+    return target, True
+  shared = target.parent / f'{artifacts.TMP_PREFIX}{target.name}-shared'
+  with runs.lock_dir(work):
+    if writer:
+      if problems:
+        print(f'alignlab: rebuilding {target}: {problems[0]}', file=sys.stderr)
+      artifacts.discard(target)
+      shutil.rmtree(shared, ignore_errors=True)  # a build that was cut short
+      shared.mkdir(parents=True)
+    distributed.sync('alignlab.stages.start')
+    build(shared, work)
+    distributed.sync('alignlab.stages.built')
+    if writer:
+      with artifacts.atomic_dir(target) as tmp:  # manifest, fsync, rename
+        for child in shared.iterdir():
+          os.rename(child, tmp / child.name)
+        (tmp / 'key.json').write_text(json.dumps(to_dict(key), indent=1, sort_keys=True,
+                                                 default=str))
+      shutil.rmtree(shared, ignore_errors=True)
+  if writer:
+    shutil.rmtree(work, ignore_errors=True)
+  distributed.sync('alignlab.stages.done')
+  return target, False

@@ -1,8 +1,8 @@
 """The package's layers (docs/design.md): imports only go down
 
-    core (config, model, heads, sharding, logprobs, sampling, checkpoint, artifacts, hf, runs,
-          plots, stages, losses/, data/)  →  train/, evaluate  →  methods  →  tasks/  →
-    pipeline  →  cli
+    core (config, distributed, model, heads, sharding, logprobs, sampling, checkpoint,
+          artifacts, hf, runs, plots, stages, losses/, data/)  →  train/, evaluate  →
+    methods  →  tasks/  →  pipeline  →  cli
 
 and no module imports itself through others (no cycle), lazy imports inside functions
 included. Experiments are configuration: they import from the package, never the reverse."""
@@ -17,8 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / 'alignlab'
 LAYERS = (
-    ('core', ('alignlab.config', 'alignlab.model', 'alignlab.heads', 'alignlab.sharding',
-              'alignlab.logprobs', 'alignlab.sampling', 'alignlab.checkpoint',
+    ('core', ('alignlab.config', 'alignlab.distributed', 'alignlab.model', 'alignlab.heads',
+              'alignlab.sharding', 'alignlab.logprobs', 'alignlab.sampling', 'alignlab.checkpoint',
               'alignlab.artifacts', 'alignlab.hf', 'alignlab.runs', 'alignlab.plots',
               'alignlab.stages', 'alignlab.verdict', 'alignlab.losses', 'alignlab.data',
               'alignlab')),

@@ -175,7 +175,8 @@ def init_runs_state(params: Any, optimizer, seeds: Sequence[int], mesh) -> tuple
   single = init_state(params, optimizer, jax.random.key(0))
   axis = run_axis(mesh, len(seeds))
   shardings = jax.tree.map(lambda x: _stacked_sharding(x, mesh, axis), single)
-  state_R = jax.device_put(_stack(single, jnp.asarray(seeds, jnp.uint32), len(seeds)), shardings)
+  state_R = distributed.reshard(_stack(single, jnp.asarray(seeds, jnp.uint32), len(seeds)),
+                                shardings)
   return state_R, shardings, single
 
 
@@ -381,7 +382,8 @@ def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_st
           bool(eval_every) and (done % eval_every == 0 or done == n_steps))
       if done % log_every == 0 or done == end or checkpoint or evaluation:
         host = _host(metrics)
-        oks = np.atleast_1d(np.asarray(finite_R)) if finite_R is not None else None
+        oks = (np.atleast_1d(np.asarray(distributed.to_host(finite_R)))
+               if finite_R is not None else None)
         for r, path in enumerate(metrics_paths):
           if failed[r] is not None or stopped[r] is not None:
             continue
@@ -448,13 +450,13 @@ def fit_runs(loss_fn: Callable, params: Any, data: RunBatches | Callable[[int], 
   state_R, state_sh, _ = init_runs_state(params, tx, seeds, mesh)
   axis = run_axis(mesh, n_runs)
   runs_sh = NamedSharding(mesh, P(axis))
-  hp = jax.device_put(hp, runs_sh)
+  hp = distributed.reshard(hp, jax.tree.map(lambda _: runs_sh, hp))
   shared = {} if ref_params is None else {'ref_params': ref_params}
   live = {'hp': hp}  # a stopped run trains on at learning rate 0: its parameters stay put
 
   def freeze(r: int) -> None:
     h = dict(live['hp'])
-    h['learning_rate'] = jax.device_put(h['learning_rate'].at[r].set(0.0), runs_sh)
+    h['learning_rate'] = distributed.reshard(h['learning_rate'].at[r].set(0.0), runs_sh)
     live['hp'] = h
   step = _runs_step(loss_fn, optimizer, tx, grad_accum, gather,
                     resolve_runs_per_chunk(runs_per_chunk, axis), state_sh, runs_sh, mesh, axis,
@@ -476,7 +478,7 @@ def fit_runs(loss_fn: Callable, params: Any, data: RunBatches | Callable[[int], 
               live['hp'], shared)
 
   def stack(slices):
-    return jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *slices), state_sh)
+    return distributed.reshard(jax.tree.map(lambda *xs: jnp.stack(xs), *slices), state_sh)
 
   with sharding.use_mesh(mesh):
     return loop(step, state_R, feed_at, n_steps=n_steps, run_dirs=run_dirs, configs=configs,

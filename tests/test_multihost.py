@@ -1,0 +1,300 @@
+"""One program on several processes (`alignlab/distributed.py`, docs/multihost.md).
+
+The end-to-end check: two local CPU processes of 4 fake devices each, coordinated on
+localhost, run the tiny exact frontier; their out dir equals one process's with 8 fake
+devices (the same files, one copy each; results.csv within 1e-4; the same training losses).
+Twice: on the default mesh (data parallel, one DPO run: every output replicated), and with
+two DPO runs on `mesh.data=2 mesh.fsdp=4`, where the run axis is split between the processes
+(each holds one run's state; metrics are gathered across them) and the parameters over FSDP.
+The rest runs in this process: the start-up flags, the mesh errors, the one-writer gating."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from alignlab import distributed, runs, sharding
+from alignlab.config import ConfigError, MeshConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMAND = ['run', 'exact_frontier', '--variant', 'tiny', '--set', "methods=['dpo','best_of_n']",
+           '--set', 'sweeps.dpo=[1.0]', '--set', 'sweeps.best_of_n=[4]', '--set',
+           'task.sft.steps=2', '--quiet']
+# At π = π_ref (DPO's step 0) the KL is rounding noise (±1e-8) and these columns are functions
+# of that noise (the sign of each pair's implicit reward, a bisection on a KL of ~0): they
+# differ between any two reduction orders, one process or two alike.
+NOISE_AT_REFERENCE = ('implicit_accuracy', 'frontier_reward', 'reward_shortfall')
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _env(cache: Path, devices: int) -> dict:
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'ALIGNLAB_CACHE': str(cache),
+         'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+         'PYTHONPATH': str(ROOT)}
+  env.setdefault('JAX_COMPILATION_CACHE_DIR',
+                 os.path.expanduser('~/.cache/alignlab/jax_compilation_cache'))
+  return env
+
+
+def _alignlab(args, env, **kw):
+  return subprocess.Popen([sys.executable, '-m', 'alignlab.cli', *args], env=env, cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+ORBAX_ROOTS = ('checkpoints', 'params')  # a run's checkpoints, a stage's parameters
+
+
+def _files(out: Path) -> list[str]:
+  """Every file of an out dir (or cache) but the insides of orbax's checkpoints (each process
+  writes its own shards there, `ocdbt.process_<i>/`): their step directories instead."""
+  found = []
+  for p in sorted(out.rglob('*')):
+    rel = p.relative_to(out).as_posix()
+    parts = rel.split('/')
+    root = next((i for i, part in enumerate(parts) if part in ORBAX_ROOTS), None)
+    if root is not None:
+      if len(parts) == root + 2 and p.is_dir():
+        found.append(rel + '/')  # a saved step
+      continue
+    if p.is_file():
+      found.append(rel)
+  return found
+
+
+def _losses(out: Path) -> dict[str, list[float]]:
+  return {p.parent.name: [row['loss'] for row in runs.read_jsonl(p)]
+          for p in sorted(out.glob('*/metrics.jsonl'))}
+
+
+MESHES = {  # name: (extra arguments, DPO runs)
+    'data': ([], 1),
+    'fsdp-runs-split': (['--set', 'sweeps.dpo=[0.5,1.0]', '--set', 'mesh.data=2', '--set',
+                         'mesh.fsdp=4'], 2),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('mesh', list(MESHES))
+def test_two_processes_equal_one(tmp_path, mesh):
+  extra, n_runs = MESHES[mesh]
+  command = COMMAND + extra
+  one, two = tmp_path / 'one', tmp_path / 'two'
+  t0 = time.perf_counter()
+  proc = _alignlab(command + ['--out', str(one)], _env(tmp_path / 'cache1', 8))
+  out, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  t_one = time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  outputs = _two(lambda i: command + ['--out', str(two)], tmp_path / 'cache2', timeout=600)
+  t_two = time.perf_counter() - t0
+  for rc, _, err in outputs:
+    assert rc == 0, err[-3000:]
+  print(f'1 process × 8 devices: {t_one:.0f} s; 2 processes × 4 devices: {t_two:.0f} s')
+
+  # One voice: process 0 prints the verdict and the plots, process 1 none of it (its stdout
+  # holds gloo's own connection lines, interleaved by its threads).
+  for marker in ('best point per method', 'verdict:', 'plot: ', 'evaluation points from'):
+    assert marker in outputs[0][1] and marker not in outputs[1][1], marker
+  # The same run dir: the same files, one copy each (no second writer appended its lines).
+  assert _files(two) == _files(one)
+  trained = sorted(p.parent.name for p in one.glob('dpo-*/done.json'))
+  assert trained == sorted(p.parent.name for p in two.glob('dpo-*/done.json'))
+  assert len(trained) == n_runs
+  for run in trained:
+    for name in ('metrics.jsonl', 'eval.jsonl'):
+      a, b = (runs.read_jsonl(d / run / name) for d in (one, two))
+      assert [r['step'] for r in a] == [r['step'] for r in b] != [], name
+  losses_one, losses_two = _losses(one), _losses(two)
+  assert list(losses_one) == list(losses_two) == trained
+  for run in trained:
+    np.testing.assert_allclose(losses_two[run], losses_one[run], rtol=1e-5, atol=1e-6)
+  # The shared stages too: the cache entries hold the same files.
+  assert _files(tmp_path / 'cache2') == _files(tmp_path / 'cache1')
+
+  a, b = pd.read_csv(one / 'results.csv'), pd.read_csv(two / 'results.csv')
+  assert list(a.columns) == list(b.columns) and len(a) == len(b) == 1 + 3 * len(trained)
+  assert a[['method', 'step']].equals(b[['method', 'step']])
+  skip = {'wall_s'}
+  numeric = [c for c in a.columns if pd.api.types.is_numeric_dtype(a[c]) and c not in skip]
+  at_reference = (a['kl'].abs() < 1e-6).to_numpy()
+  for c in numeric:
+    rows = ~at_reference if c in NOISE_AT_REFERENCE else np.ones(len(a), bool)
+    np.testing.assert_allclose(b[c][rows], a[c][rows], rtol=0, atol=1e-4, err_msg=c)
+  assert at_reference.sum() == len(trained)  # DPO's step 0: the only rows left out of those
+
+
+def _two(args_of, cache: Path, timeout=300):
+  """Runs two processes of 4 fake CPU devices, `args_of(i)` the arguments of process i;
+  returns [(returncode, stdout, stderr)] once both have ended (or kills them at `timeout`)."""
+  port = _free_port()
+  env = _env(cache, 4)
+  procs = [_alignlab([*args_of(i), '--coordinator', f'127.0.0.1:{port}', '--num-processes',
+                      '2', '--process-id', str(i)], env) for i in range(2)]
+  results = []
+  try:
+    for p in procs:
+      out, err = p.communicate(timeout=timeout)
+      results.append((p.returncode, out, err))
+    return results
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+
+
+@pytest.mark.slow
+def test_two_processes_refuse_a_bad_mesh_and_different_configs(tmp_path):
+  out = tmp_path / 'out'
+  t0 = time.perf_counter()
+  done = _two(lambda i: COMMAND + ['--out', str(out), '--set', 'mesh.data=3'], tmp_path / 'c')
+  for rc, _, err in done:
+    assert rc == 2, err[-2000:]
+    assert ('mesh.data=3 × mesh.fsdp=1 × mesh.tensor=1 needs 3 devices, but 8 are available '
+            '(2 processes × 4 local)') in err
+  assert not out.exists()
+  # Process 1 given another sweep: both stop with the error (neither waits for the other).
+  done = _two(lambda i: COMMAND + ['--out', str(out)] + (['--set', 'sweeps.dpo=[0.5]'] * i),
+              tmp_path / 'c')
+  for rc, _, err in done:
+    assert rc == 2 and 'runs another config than some other process' in err, err[-2000:]
+  assert not out.exists()
+  assert time.perf_counter() - t0 < 240
+
+
+# ----------------------------------------------------------------------------- start-up
+
+
+def _cli(*args, timeout=120):
+  proc = subprocess.run([sys.executable, '-m', 'alignlab.cli', *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout,
+                        env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(ROOT)})
+  return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_every_command_takes_the_flags(tmp_path):
+  one = ['--coordinator', '127.0.0.1:1', '--num-processes', '1', '--process-id', '0']
+  rc, out, err = _cli('list', *one)
+  assert rc == 0 and 'exact_frontier' in out, err
+  for command in (['run', 'x'], ['eval', 'x'], ['plot', 'x'], ['list']):
+    rc, out, _ = _cli(*command, '--help')
+    assert rc == 0 and '--coordinator' in out and '--process-id' in out, command
+  rc, _, err = _cli('list', '--coordinator', '127.0.0.1:1')  # the three go together
+  assert rc == 2 and err.count('\n') == 1 and '--num-processes' in err, err
+  rc, _, err = _cli('plot', str(tmp_path), '--coordinator', 'h:1', '--num-processes', '2',
+                    '--process-id', '2')
+  assert rc == 2 and '--process-id 2 is not in [0, --num-processes 2)' in err, err
+
+
+def test_initialize(monkeypatch):
+  import jax
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda **kw: calls.append(kw))
+  monkeypatch.setattr(jax.distributed, 'is_initialized', lambda: False)
+  monkeypatch.setattr(jax.config, 'update', lambda *a: calls.append(a))
+  for var in ('SLURM_JOB_ID', 'SLURM_NTASKS'):
+    monkeypatch.delenv(var, raising=False)
+  # One process: nothing.
+  distributed.initialize()
+  distributed.initialize('127.0.0.1:5', 1, 0)
+  assert calls == []
+  with pytest.raises(ValueError, match='go together'):
+    distributed.initialize('127.0.0.1:5', 2, None)
+  # Flags: gloo for CPU collectives, then jax.distributed.initialize with them.
+  distributed.initialize('10.0.0.1:1234', 4, 3)
+  assert calls == [('jax_cpu_collectives_implementation', 'gloo'),
+                   {'coordinator_address': '10.0.0.1:1234', 'num_processes': 4, 'process_id': 3}]
+  # A SLURM job of several tasks: JAX's own detection (no arguments); one task: nothing.
+  calls.clear()
+  monkeypatch.setenv('SLURM_JOB_ID', '77')
+  monkeypatch.setenv('SLURM_NTASKS', '1')
+  distributed.initialize()
+  assert calls == []
+  monkeypatch.setenv('SLURM_NTASKS', '8')
+  distributed.initialize()
+  assert calls[-1] == {}
+
+
+# ----------------------------------------------------------------------------- the mesh
+
+
+def test_mesh_errors_name_the_keys_and_devices():
+  with pytest.raises(ConfigError) as e:
+    sharding.resolve_mesh_shape(MeshConfig(data=2, fsdp=2, tensor=1), 8, '2 processes × 4 local')
+  message = str(e.value)
+  assert '\n' not in message
+  for part in ('mesh.data=2', 'mesh.fsdp=2', 'mesh.tensor=1', 'needs 4 devices',
+               '8 are available (2 processes × 4 local)'):
+    assert part in message, message
+  with pytest.raises(ConfigError, match=r'mesh.data=-1 × mesh.fsdp=3 × mesh.tensor=1 cannot '
+                                        r'fill 8'):
+    sharding.resolve_mesh_shape(MeshConfig(data=-1, fsdp=3), 8)
+
+
+def test_a_mesh_that_does_not_fit_fails_before_anything_is_written(tmp_path):
+  out = tmp_path / 'out'
+  rc, _, err = _cli('run', 'exact_frontier', '--variant', 'tiny', '--set', 'mesh.data=3',
+                    '--set', 'mesh.fsdp=2', '--out', str(out), '--quiet')
+  assert rc == 2 and err.count('\n') == 1, err
+  assert 'mesh.data=3 × mesh.fsdp=2 × mesh.tensor=1 needs 6 devices, but 1 are available' in err
+  assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- one writer
+
+
+def test_only_process_0_writes(tmp_path, monkeypatch):
+  from alignlab.train import fit
+  monkeypatch.setattr(distributed, 'is_writer', lambda: False)
+  monkeypatch.setattr(distributed, 'process_count', lambda: 2)
+  monkeypatch.setattr(distributed, 'sync', lambda name: None)
+  monkeypatch.setattr(distributed, 'agree', lambda flag: True)  # process 0 took the lock
+  with runs.lock_dir(tmp_path / 'locked'):
+    assert not (tmp_path / 'locked').exists()  # process 0 made it and holds its lock
+  run = runs.prepare_run(tmp_path, 'dpo', {'beta': 0.1}, 0, {'a': 1})
+  runs.write_jsonl(run / 'win_rate.jsonl', [{'win_rate': 1.0}])
+  runs.mark_complete(run)
+  runs.write_text(tmp_path / 'summary.md', 'x')
+  fit._append(tmp_path / 'metrics.jsonl', 1, {'loss': 0.0})
+  fit.mark_failed(tmp_path, {'step': 1})
+  assert list(tmp_path.iterdir()) == []
+  # Process 0 writes them all.
+  monkeypatch.setattr(distributed, 'is_writer', lambda: True)
+  run = runs.prepare_run(tmp_path, 'dpo', {'beta': 0.1}, 0, {'a': 1})
+  runs.mark_complete(run)
+  fit._append(run / 'metrics.jsonl', 1, {'loss': 0.0})
+  assert sorted(p.name for p in run.iterdir()) == ['config.json', 'done.json', 'metrics.jsonl']
+
+
+def test_lock_failure_reaches_every_process(tmp_path, monkeypatch):
+  monkeypatch.setattr(distributed, 'process_count', lambda: 2)
+  monkeypatch.setattr(distributed, 'is_writer', lambda: False)
+  monkeypatch.setattr(distributed, 'agree', lambda flag: False)  # process 0 could not lock
+  with pytest.raises(runs.RunDirError, match='process 0 could not take its lock'):
+    with runs.lock_dir(tmp_path):
+      pass
+
+
+def test_to_host_and_put_on_one_process():
+  import jax
+  mesh = sharding.make_mesh(MeshConfig())
+  x = np.arange(2.0 * len(jax.devices())).reshape(-1, 1)
+  a = distributed.put(x, sharding.batch_sharding(mesh))
+  np.testing.assert_array_equal(distributed.to_host({'a': a})['a'], x)
+  assert distributed.agree(True) and not distributed.agree(False)
+  assert distributed.is_writer()
+  distributed.sync('test')  # a no-op on one process
+
