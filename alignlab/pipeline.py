@@ -307,7 +307,8 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, *, source: dict | None = Non
         beta=getattr(cfg.task, 'eval_beta', None))
     failed = runs.failures(out_dir)
     stage_s = timings['stages_s']
-    cost = ', '.join(f'{k[:-2]} {v:.0f} s' for k, v in timings.items() if k not in ('total_s',))
+    cost = ', '.join(f'{k[:-2]} {v:.0f} s' for k, v in timings.items()
+                   if k not in ('stages_s', 'total_s'))
     runs.write_text(out_dir / 'summary.md',
         f'# {cfg.name}\n\n'
         f'{df["run"].nunique() if len(df) else 0} runs, {len(df)} evaluation points; '
