@@ -22,10 +22,11 @@ def _closed_form(gap: float) -> np.ndarray:
   return p / p.sum()
 
 
-def _run(tmp_path, dataset: str) -> pd.DataFrame:
+def _run(tmp_path, dataset: str, pairs: int) -> pd.DataFrame:
   out = tmp_path / dataset
   assert cli.main(['run', 'bandit', '--variant', 'tiny', '--quiet', '--out', str(out),
-                   '--set', f'task.dataset={dataset}', '--set', 'train.steps=200',
+                   '--set', f'task.dataset={dataset}', '--set', f'train.batch_size={pairs}',
+                   '--set', 'train.steps=200',
                    '--set', 'train.eval_every=100', '--set', f'sweeps.ipo=({TAU},)',
                    '--set', f'sweeps.dpo=({TAU},)']) == 0
   df = pd.read_csv(out / 'results.csv')
@@ -38,7 +39,7 @@ def _probs(row) -> np.ndarray:
 
 
 def test_total_order_ipo_optimum_and_dpo_collapse(tmp_path):
-  final = _run(tmp_path, 'total_order')
+  final = _run(tmp_path, 'total_order', 9)  # 3 pairs × 3 copies
   np.testing.assert_allclose(_probs(final.loc['ipo']), _closed_form(1 / (3 * TAU)), atol=2e-3)
   assert _probs(final.loc['dpo'])[0] > 0.999  # deterministic on y1, whatever τ
   # The exact KL of IPO's optimum to the uniform π_ref.
@@ -48,6 +49,6 @@ def test_total_order_ipo_optimum_and_dpo_collapse(tmp_path):
 
 @pytest.mark.slow
 def test_unobserved_pair_ipo_optimum(tmp_path):
-  final = _run(tmp_path, 'unobserved_pair')
+  final = _run(tmp_path, 'unobserved_pair', 6)  # 2 pairs × 3 copies
   np.testing.assert_allclose(_probs(final.loc['ipo']), _closed_form(1 / (2 * TAU)), atol=2e-3)
   assert _probs(final.loc['dpo'])[0] > 0.99
