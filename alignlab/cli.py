@@ -71,11 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
                   'J_β(π) = E[r] − β·KL(π‖π_ref).')
   sub = parser.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
   run = sub.add_parser('run', help='run (or resume) an experiment',
-                       description='Run or resume an experiment; prints the plot path and the '
-                                   'best point per method.', epilog=EPILOG,
+                       description='Run or resume an experiment; ends with the plot paths, the best '
+                                   'point per method and the computed verdict (summary.md).', epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter, parents=common)
   run.add_argument('experiment', help='a name in experiments/ (see `alignlab list`) or a .py file')
-  run.add_argument('--variant', default='quick', help='tiny | quick | paper (default: quick)')
+  run.add_argument('--variant', default='quick',
+                   help='tiny | quick | standard | paper, as the experiment defines (default: quick)')
   run.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
                    help='override a config field, e.g. --set train.steps=100 (repeatable)')
   run.add_argument('--out', type=Path, default=None, help='output directory')
