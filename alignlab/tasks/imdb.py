@@ -36,7 +36,7 @@ from alignlab.config import ModelConfig, OptimizerConfig, SamplingConfig, to_dic
 from alignlab.data.pairs import generate_preference_dataset, left_pad_prompts, split_responses
 from alignlab.data.preference import collate, read_pairs
 from alignlab.data.tokenizer import Tokenizer, TokenizerConfig
-from alignlab.heads import CausalLM, ScalarModel, embedding_from_lm
+from alignlab.heads import CausalLM, ScalarModel
 from alignlab.sampling import sample
 from alignlab.tasks import imdb_data as imdb
 from alignlab.tasks.imdb_gold import ClassifierConfig, VaderReward, classifier_stage
@@ -253,28 +253,12 @@ def _build_reward_model(cfg: Config, tok: Tokenizer, env: dict, key: dict, out: 
                         work: Path) -> None:
   """Bradley–Terry RM from the SFT backbone; keeps the params of the best held-out accuracy."""
   rc = cfg.reward_model
-  graphdef, params = sharding.init_params(lambda r: ScalarModel(env['model_cfg'], rngs=r),
-                                          env['mesh'], jax.random.key(rc.seed))
-  params = embedding_from_lm(env['ref_params'], params)
-  arrays = {k: v for k, v in env['pairs'].items() if k.endswith(('_tokens', '_mask'))}
-  data = ArrayBatches(arrays, min(rc.batch_size, len(arrays['chosen_tokens'])), seed=rc.seed)
-  heldout = env['heldout_pairs']
-  best = {'accuracy': -1.0, 'step': -1, 'params': None}
-
-  def eval_fn(state, step):
-    m = rm.evaluate_pairs(graphdef, state['params'], heldout)
-    if m['accuracy'] > best['accuracy']:
-      best.update(accuracy=m['accuracy'], step=step, params=jax.device_get(state['params']))
-    return m
-
-  fit(rm.make_loss_fn(graphdef), params, data, optimizer=rc.optimizer, n_steps=rc.steps,
-      run_dir=work, config=key, mesh=env['mesh'], seed=rc.seed, eval_fn=eval_fn,
-      eval_every=rc.eval_every, desc='reward model', progress=env['progress'])
+  graphdef, params, metrics = rm.train_best(
+      env['model_cfg'], env['ref_params'], env['pairs'], env['heldout_pairs'],
+      optimizer=rc.optimizer, steps=rc.steps, batch_size=rc.batch_size,
+      eval_every=rc.eval_every, seed=rc.seed, mesh=env['mesh'], work=work, config=key,
+      progress=env['progress'])
   stages.copy_logs(work, out / 'run')
-  params = jax.device_put(best['params'], sharding.shardings_of(params))
-  metrics = {'heldout_accuracy': best['accuracy'], 'best_step': best['step'],
-             'n_train_pairs': int(len(arrays['chosen_tokens'])),
-             'n_heldout_pairs': int(len(heldout['chosen_tokens']))}
   if rc.normalize:
     _, tokens_NxP, mask_NxP = prompts_for(cfg, tok, 'train', rc.n_normalize_prompts, rc.seed + 7919)
     # Rows of the pairs sampler's shape where possible: the compiled sampler is reused.

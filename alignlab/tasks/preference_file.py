@@ -50,12 +50,11 @@ from alignlab.config import (ConfigError, ModelConfig, OptimizerConfig, Sampling
 from alignlab.data.pairs import left_pad_prompts
 from alignlab.data.preference import collate, read_metadata, read_pairs, write_pairs
 from alignlab.data.tokenizer import Tokenizer, TokenizerConfig, load_or_train_tokenizer
-from alignlab.heads import CausalLM, ScalarModel, embedding_from_lm
+from alignlab.heads import CausalLM, ScalarModel
 from alignlab.sampling import sample
 from alignlab.tasks import preference_file_data as pfd
 from alignlab.train import preference, sft
 from alignlab.train import reward_model as rm
-from alignlab.train.batches import ArrayBatches
 from alignlab.train.fit import fit
 from alignlab.train.rollout import RewardModel
 
@@ -303,28 +302,12 @@ def _hf_fingerprint(directory: Path) -> str:
 def _build_reward_model(cfg: Config, env: dict, key: dict, out: Path, work: Path) -> None:
   """Bradley–Terry RM from π_ref's backbone; keeps the params of the best held-out accuracy."""
   rc = cfg.reward_model
-  graphdef, params = sharding.init_params(lambda r: ScalarModel(env['model_cfg'], rngs=r),
-                                          env['mesh'], jax.random.key(rc.seed))
-  params = embedding_from_lm(env['ref_params'], params)
-  arrays = {k: v for k, v in env['pairs'].items() if k.endswith(('_tokens', '_mask'))}
-  data = ArrayBatches(arrays, min(rc.batch_size, len(arrays['chosen_tokens'])), seed=rc.seed)
-  heldout = env['heldout_pairs']
-  best = {'accuracy': -1.0, 'step': -1, 'params': None}
-
-  def eval_fn(state, step):
-    m = rm.evaluate_pairs(graphdef, state['params'], heldout)
-    if m['accuracy'] > best['accuracy']:
-      best.update(accuracy=m['accuracy'], step=step, params=jax.device_get(state['params']))
-    return m
-
-  fit(rm.make_loss_fn(graphdef), params, data, optimizer=rc.optimizer, n_steps=rc.steps,
-      run_dir=work, config=key, mesh=env['mesh'], seed=rc.seed, eval_fn=eval_fn,
-      eval_every=rc.eval_every, desc='reward model', progress=env['progress'])
+  graphdef, params, metrics = rm.train_best(
+      env['model_cfg'], env['ref_params'], env['pairs'], env['heldout_pairs'],
+      optimizer=rc.optimizer, steps=rc.steps, batch_size=rc.batch_size,
+      eval_every=rc.eval_every, seed=rc.seed, mesh=env['mesh'], work=work, config=key,
+      progress=env['progress'])
   stages.copy_logs(work, out / 'run')
-  params = jax.device_put(best['params'], sharding.shardings_of(params))
-  metrics = {'heldout_accuracy': best['accuracy'], 'best_step': best['step'],
-             'n_train_pairs': int(len(arrays['chosen_tokens'])),
-             'n_heldout_pairs': int(len(heldout['chosen_tokens']))}
   if rc.normalize:
     # π_ref's samples on train prompts, in batches of the evaluation's shape: the sampler
     # compiled for the evaluation serves here too.

@@ -16,9 +16,10 @@ from alignlab import sharding
 from alignlab.checkpoint import restore_params
 from alignlab.config import ModelConfig
 from alignlab.data.cache import cache_dir
-from alignlab.heads import ScalarModel, last_token_value
+from alignlab.heads import ScalarModel, embedding_from_lm, last_token_value
 from alignlab.losses.reward import bradley_terry
-from alignlab.train.batches import fixed_batches
+from alignlab.train.batches import ArrayBatches, fixed_batches
+from alignlab.train.fit import fit
 
 
 def pair_rewards(model, batch: dict):
@@ -96,3 +97,32 @@ def cached_scalar_model(kind: str, key: dict, model_cfg: ModelConfig, seed: int,
     return graphdef, params, directory, None
   params = restore_params(Path(directory) / 'params', params, key)
   return graphdef, params, directory, json.loads((Path(directory) / 'metrics.json').read_text())
+
+
+def train_best(model_cfg: ModelConfig, ref_params: dict, pairs: dict, heldout: dict, *,
+               optimizer, steps: int, batch_size: int, eval_every: int, seed: int, mesh,
+               work, config, progress: bool = True) -> tuple[object, dict, dict]:
+  """A Bradley–Terry reward model from π_ref's backbone (Ziegler et al. 2019, arXiv
+  1909.08593), trained on `pairs` and evaluated on `heldout` every `eval_every` steps, keeping
+  the params of the best held-out accuracy: (graphdef, params, metrics). The run lives in
+  `work` (a stage's work dir: an interrupted training resumes)."""
+  graphdef, params = sharding.init_params(lambda r: ScalarModel(model_cfg, rngs=r), mesh,
+                                          jax.random.key(seed))
+  params = embedding_from_lm(ref_params, params)
+  arrays = {k: v for k, v in pairs.items() if k.endswith(('_tokens', '_mask'))}
+  data = ArrayBatches(arrays, min(batch_size, len(arrays['chosen_tokens'])), seed=seed)
+  best = {'accuracy': -1.0, 'step': -1, 'params': None}
+
+  def eval_fn(state, step):
+    m = evaluate_pairs(graphdef, state['params'], heldout)
+    if m['accuracy'] > best['accuracy']:
+      best.update(accuracy=m['accuracy'], step=step, params=jax.device_get(state['params']))
+    return m
+
+  fit(make_loss_fn(graphdef), params, data, optimizer=optimizer, n_steps=steps, run_dir=work,
+      config=config, mesh=mesh, seed=seed, eval_fn=eval_fn, eval_every=eval_every,
+      desc='reward model', progress=progress)
+  params = jax.device_put(best['params'], sharding.shardings_of(params))
+  return graphdef, params, {'heldout_accuracy': best['accuracy'], 'best_step': best['step'],
+                            'n_train_pairs': int(len(arrays['chosen_tokens'])),
+                            'n_heldout_pairs': int(len(heldout['chosen_tokens']))}
