@@ -42,6 +42,7 @@ from alignlab.tasks import imdb_data as imdb
 from alignlab.tasks.imdb_gold import ClassifierConfig, VaderReward, classifier_stage
 from alignlab.train import preference, sft
 from alignlab.train import reward_model as rm
+from alignlab.train.reward_model import RewardModelConfig
 from alignlab.train.batches import ArrayBatches
 from alignlab.train.fit import fit
 from alignlab.train.rollout import RewardModel, from_token_lists
@@ -69,17 +70,6 @@ class PairsStageConfig:
   temperature: float = 1.0
   batch_size: int = 64  # prompts per sampler call
   heldout_fraction: float = 0.1  # of prompts, for the reward model's held-out accuracy
-  seed: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class RewardModelConfig:
-  steps: int = 200
-  batch_size: int = 32
-  optimizer: OptimizerConfig = OptimizerConfig(learning_rate=3e-4, warmup_steps=20)
-  eval_every: int = 50  # held-out accuracy; the best checkpoint is kept
-  normalize: bool = True  # π_ref samples score mean 0, std 1 (Ziegler et al. 2019)
-  n_normalize_prompts: int = 256
   seed: int = 0
 
 
@@ -254,10 +244,8 @@ def _build_reward_model(cfg: Config, tok: Tokenizer, env: dict, key: dict, out: 
   """Bradley–Terry RM from the SFT backbone; keeps the params of the best held-out accuracy."""
   rc = cfg.reward_model
   graphdef, params, metrics = rm.train_best(
-      env['model_cfg'], env['ref_params'], env['pairs'], env['heldout_pairs'],
-      optimizer=rc.optimizer, steps=rc.steps, batch_size=rc.batch_size,
-      eval_every=rc.eval_every, seed=rc.seed, mesh=env['mesh'], work=work, config=key,
-      progress=env['progress'])
+      env['model_cfg'], env['ref_params'], env['pairs'], env['heldout_pairs'], rc,
+      mesh=env['mesh'], work=work, config=key, progress=env['progress'])
   stages.copy_logs(work, out / 'run')
   if rc.normalize:
     _, tokens_NxP, mask_NxP = prompts_for(cfg, tok, 'train', rc.n_normalize_prompts, rc.seed + 7919)

@@ -55,6 +55,7 @@ from alignlab.sampling import sample
 from alignlab.tasks import preference_file_data as pfd
 from alignlab.train import preference, sft
 from alignlab.train import reward_model as rm
+from alignlab.train.reward_model import RewardModelConfig
 from alignlab.train.fit import fit
 from alignlab.train.rollout import RewardModel
 
@@ -95,23 +96,12 @@ class SftConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class RewardModelConfig:
-  steps: int = 200
-  batch_size: int = 16
-  optimizer: OptimizerConfig = OptimizerConfig(learning_rate=3e-4, warmup_steps=20)
-  eval_every: int = 50  # held-out accuracy; the best checkpoint is kept
-  normalize: bool = True  # π_ref samples score mean 0, std 1 (Ziegler et al. 2019)
-  n_normalize_prompts: int = 64
-  seed: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
 class Config:
   data: DataConfig = DataConfig()
   tokenizer: TokenizerConfig = TokenizerConfig(vocab_size=2048)
   model: ModelSection = ModelSection()
   sft: SftConfig = SftConfig()
-  reward_model: RewardModelConfig = RewardModelConfig()
+  reward_model: RewardModelConfig = RewardModelConfig(batch_size=16, n_normalize_prompts=64)
   n_eval_prompts: int = 64  # distinct held-out prompts, one sample each per point
   eval_beta: float = 0.1  # the β of the reported J_β (under the reward model)
   eval_seed: int = 1234
@@ -303,10 +293,8 @@ def _build_reward_model(cfg: Config, env: dict, key: dict, out: Path, work: Path
   """Bradley–Terry RM from π_ref's backbone; keeps the params of the best held-out accuracy."""
   rc = cfg.reward_model
   graphdef, params, metrics = rm.train_best(
-      env['model_cfg'], env['ref_params'], env['pairs'], env['heldout_pairs'],
-      optimizer=rc.optimizer, steps=rc.steps, batch_size=rc.batch_size,
-      eval_every=rc.eval_every, seed=rc.seed, mesh=env['mesh'], work=work, config=key,
-      progress=env['progress'])
+      env['model_cfg'], env['ref_params'], env['pairs'], env['heldout_pairs'], rc,
+      mesh=env['mesh'], work=work, config=key, progress=env['progress'])
   stages.copy_logs(work, out / 'run')
   if rc.normalize:
     # π_ref's samples on train prompts, in batches of the evaluation's shape: the sampler

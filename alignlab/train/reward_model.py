@@ -3,6 +3,7 @@ real token of prompt ⊕ response."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -14,7 +15,7 @@ from flax import nnx
 
 from alignlab import sharding
 from alignlab.checkpoint import restore_params
-from alignlab.config import ModelConfig
+from alignlab.config import ModelConfig, OptimizerConfig
 from alignlab.data.cache import cache_dir
 from alignlab.heads import ScalarModel, embedding_from_lm, last_token_value
 from alignlab.losses.reward import bradley_terry
@@ -99,18 +100,31 @@ def cached_scalar_model(kind: str, key: dict, model_cfg: ModelConfig, seed: int,
   return graphdef, params, directory, json.loads((Path(directory) / 'metrics.json').read_text())
 
 
-def train_best(model_cfg: ModelConfig, ref_params: dict, pairs: dict, heldout: dict, *,
-               optimizer, steps: int, batch_size: int, eval_every: int, seed: int, mesh,
-               work, config, progress: bool = True) -> tuple[object, dict, dict]:
+@dataclasses.dataclass(frozen=True)
+class RewardModelConfig:
+  """A task's Bradley–Terry reward-model stage (`train_best`; the tasks normalize it)."""
+  steps: int = 200
+  batch_size: int = 32
+  optimizer: OptimizerConfig = OptimizerConfig(learning_rate=3e-4, warmup_steps=20)
+  eval_every: int = 50  # held-out accuracy; the best checkpoint is kept
+  normalize: bool = True  # π_ref samples score mean 0, std 1 (Ziegler et al. 2019)
+  n_normalize_prompts: int = 256
+  seed: int = 0
+
+
+def train_best(model_cfg: ModelConfig, ref_params: dict, pairs: dict, heldout: dict,
+               rc: RewardModelConfig, *, mesh, work, config,
+               progress: bool = True) -> tuple[object, dict, dict]:
   """A Bradley–Terry reward model from π_ref's backbone (Ziegler et al. 2019, arXiv
   1909.08593), trained on `pairs` and evaluated on `heldout` every `eval_every` steps, keeping
   the params of the best held-out accuracy: (graphdef, params, metrics). The run lives in
   `work` (a stage's work dir: an interrupted training resumes)."""
   graphdef, params = sharding.init_params(lambda r: ScalarModel(model_cfg, rngs=r), mesh,
-                                          jax.random.key(seed))
+                                          jax.random.key(rc.seed))
   params = embedding_from_lm(ref_params, params)
   arrays = {k: v for k, v in pairs.items() if k.endswith(('_tokens', '_mask'))}
-  data = ArrayBatches(arrays, min(batch_size, len(arrays['chosen_tokens'])), seed=seed)
+  data = ArrayBatches(arrays, min(rc.batch_size, len(arrays['chosen_tokens'])),
+                      seed=rc.seed)
   best = {'accuracy': -1.0, 'step': -1, 'params': None}
 
   def eval_fn(state, step):
@@ -119,8 +133,8 @@ def train_best(model_cfg: ModelConfig, ref_params: dict, pairs: dict, heldout: d
       best.update(accuracy=m['accuracy'], step=step, params=jax.device_get(state['params']))
     return m
 
-  fit(make_loss_fn(graphdef), params, data, optimizer=optimizer, n_steps=steps, run_dir=work,
-      config=config, mesh=mesh, seed=seed, eval_fn=eval_fn, eval_every=eval_every,
+  fit(make_loss_fn(graphdef), params, data, optimizer=rc.optimizer, n_steps=rc.steps,
+      run_dir=work, config=config, mesh=mesh, seed=rc.seed, eval_fn=eval_fn, eval_every=rc.eval_every,
       desc='reward model', progress=progress)
   params = jax.device_put(best['params'], sharding.shardings_of(params))
   return graphdef, params, {'heldout_accuracy': best['accuracy'], 'best_step': best['step'],
