@@ -21,17 +21,18 @@ def test_exact_dpo_with_a_huge_learning_rate_fails_cleanly(tmp_path, capsys):
   code = cli.main(['run', 'exact_frontier', '--variant', 'tiny', '--quiet', '--out', str(out),
                    '--set', "methods=['dpo','best_of_n']", '--set', 'sweeps.dpo=[1.0]',
                    '--set', 'sweeps.best_of_n=[4]', '--set', 'task.sft.steps=2',
-                   '--set', 'train.optimizer.learning_rate=1e9'])
+                   '--set', 'train.optimizer.learning_rate=1e9', '--set', 'train.save_every=1'])
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 1
   assert len(err) == 1 and 'dpo-beta1-seed0' in err[0] and 'non-finite' in err[0], err
   run = out / 'dpo-beta1-seed0'
   record = json.loads((run / 'failed.json').read_text())
   assert record['step'] >= 1 and not (run / 'done.json').exists()
-  if record['last_checkpoint'] is not None:
-    with Checkpointer(run / 'checkpoints', {}) as ckpt:
-      meta = ckpt.manager.item_metadata(record['last_checkpoint'])
-      assert meta is not None
+  # Saved every step: the newest checkpoint is the last finite state, before the failure (a
+  # save checks the parameters, so a non-finite state is never written).
+  assert record['last_checkpoint'] is not None and record['last_checkpoint'] < record['step']
+  with Checkpointer(run / 'checkpoints', {}) as ckpt:
+    assert ckpt.latest_step() == record['last_checkpoint']
   df = pd.read_csv(out / 'results.csv')
   dpo = df[df['method'] == 'dpo']
   assert set(dpo['status']) == {'failed'}
