@@ -160,6 +160,9 @@ def cmd_eval(args) -> int:
   return 0
 
 
+IMAGE_FORMATS = ('png', 'pdf', 'svg', 'jpg', 'jpeg', 'eps', 'ps', 'tif', 'tiff', 'webp')
+
+
 def cmd_plot(args) -> int:
   import pandas as pd
   from alignlab import pipeline, plots
@@ -180,6 +183,11 @@ def cmd_plot(args) -> int:
       raise UsageError(f'no runs of {", ".join(args.method)} in {args.results}; methods there: '
                        f'{", ".join(methods)}')
   out = args.out or base / f'{args.kind}.png'
+  if out.is_dir():  # a directory: the default name inside it
+    out = out / f'{args.kind}.png'
+  if out.suffix and out.suffix[1:].lower() not in IMAGE_FORMATS:
+    raise UsageError(f'--out {out}: {out.suffix} is not an image format matplotlib writes; use '
+                     'one of ' + ', '.join(f'.{f}' for f in IMAGE_FORMATS))
   if args.kind == 'frontier':
     frontier_csv = base / 'frontier.csv'
     frontier = pd.read_csv(frontier_csv) if frontier_csv.exists() else None

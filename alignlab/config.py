@@ -195,6 +195,13 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
   return cls(**kwargs)
 
 
+def split_fields(cfg: Any, fields: tuple[str, ...]) -> tuple[dict, dict]:
+  """(`to_dict(cfg)` without `fields`, `fields` alone): e.g. a task's training identity and
+  its evaluation settings, which run dirs compare apart (`runs.prepare_run`)."""
+  record = to_dict(cfg)
+  return ({k: v for k, v in record.items() if k not in fields}, {k: record[k] for k in fields})
+
+
 def config_hash(cfg: Any, length: int = 12) -> str:
   """A stable short hash of a config (and anything JSON-serializable), for cache keys."""
   blob = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()

@@ -41,6 +41,7 @@ import pandas as pd
 
 from alignlab import methods as methods_lib
 from alignlab import distributed, plots, runs, sharding
+from alignlab.artifacts import write_text_atomic
 from alignlab import verdict as verdict_lib
 from alignlab.config import ConfigError, MeshConfig, apply_overrides, config_hash, to_dict
 from alignlab.methods import METHODS, RLConfig, Sweeps, TrainConfig
@@ -273,10 +274,10 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, *, source: dict | None = Non
     t0 = time.perf_counter()
     _, env = setup(cfg, progress=progress)
     timings = {'stages_s': time.perf_counter() - t0}
-    if 'frontier' in env and not (out_dir / 'frontier.csv').exists():
+    if 'frontier' in env:  # recomputed every time (it is cheap): never stale to the config
       frontier = env['frontier']()  # computed by every process: it may run on the mesh
       if writer:
-        frontier.to_csv(out_dir / 'frontier.csv', index=False)
+        write_text_atomic(out_dir / 'frontier.csv', frontier.to_csv(index=False))
     for name in cfg.methods:
       t1 = time.perf_counter()
       values = getattr(cfg.sweeps, name, METHODS[name]["values"])  # an entry added at run time

@@ -128,7 +128,9 @@ def _finish(fig, path: str | Path) -> Path:
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.tight_layout()
-  fig.savefig(path, dpi=120, bbox_inches='tight')
+  # The format given explicitly: matplotlib would append '.png' to a name without a suffix,
+  # and the path returned (and printed) would not be the file written.
+  fig.savefig(path, dpi=120, bbox_inches='tight', format=path.suffix[1:].lower() or 'png')
   return path
 
 

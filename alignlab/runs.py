@@ -47,6 +47,7 @@ import pandas as pd
 
 from alignlab import distributed
 from alignlab.artifacts import TMP_PREFIX, write_text_atomic
+from alignlab.checkpoint import config_diff
 from alignlab.config import config_hash, to_dict
 
 RESULT_COLUMNS = ('method', 'hparam', 'hparam_value', 'seed', 'step', 'gold_reward',
@@ -190,28 +191,67 @@ def run_name(method: str, hparams: dict[str, Any], seed: int) -> str:
   return '-'.join(parts)
 
 
+def _changed(old: dict, new: dict, limit: int = 3) -> str:
+  """'config.lr: 0.001 → 0.002, …': the keys whose values differ between two records."""
+  diff = config_diff(old, new)
+  return ', '.join(diff[:limit]) + (f' (and {len(diff) - limit} more)' if len(diff) > limit else '')
+
+
 def prepare_run(out_dir: str | Path, method: str, hparams: dict[str, Any], seed: int,
                 config: Any, *, experiment: str = '') -> Path:
-  """Creates (or checks) the run dir and its config.json. A run dir made by another config
-  is an error: resuming it would mix two experiments. One that holds nothing but its
-  config.json (a start that failed before any result) is taken over by the new config, so
-  it never blocks the corrected command."""
+  """Creates (or checks) the run dir and its config.json.
+
+  `config['eval']` (the task's evaluation settings) is compared apart from the rest. A run
+  dir made by another training config is an error: resuming it would mix two experiments. One
+  whose evaluation settings changed is started again, with a note: its evaluation path needs
+  the policies along the way, and only the last checkpoints are kept, so recomputing what
+  the change affects means retraining. One that holds nothing but its config.json (a start
+  that failed before any result) is taken over by the new config, so it never blocks the
+  corrected command."""
   record = {'experiment': experiment, 'method': method, 'hparams': dict(hparams), 'seed': seed,
             'config': to_dict(config)}
   record['config_hash'] = config_hash(record)
+  record['train_hash'] = config_hash(_without_eval(record))
   run = Path(out_dir) / run_name(method, hparams, seed)
   path = run / 'config.json'
   if path.exists() and not _holds_nothing(run):
     saved = _read_json(path)
-    if saved.get('config_hash') != record['config_hash']:
-      raise RunDirError(f'{run} was made by another config (hash {saved.get("config_hash")} ≠ '
-                        f'{record["config_hash"]}); choose another --out or delete that run dir')
-    return run
+    if saved.get('config_hash') == record['config_hash']:
+      return run
+    if saved.get('train_hash') != record['train_hash']:
+      raise RunDirError(f'{run} was made by another config ('
+                        f'{_changed(_without_eval(saved), _without_eval(record))}); choose '
+                        'another --out or delete that run dir')
+    if distributed.is_writer():
+      print(f'alignlab: {run.name}: evaluation settings changed ('
+            f'{_changed(saved["config"].get("eval", {}), record["config"].get("eval", {}))}): '
+            'its results are recomputed from step 0', file=sys.stderr, flush=True)
+      _clear(run)
   if distributed.is_writer():
     run.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(record, indent=1, default=str))
   distributed.sync('alignlab.runs.prepare_run')  # every process reads config.json next
   return run
+
+
+def _without_eval(record: dict) -> dict:
+  """A run record without its evaluation settings and hashes: what training depends on."""
+  out = {k: v for k, v in record.items() if k not in ('config_hash', 'train_hash')}
+  out['config'] = {k: v for k, v in (record.get('config') or {}).items() if k != 'eval'}
+  return out
+
+
+def _clear(run: Path) -> None:
+  """Empties a run dir but for its lock: config.json goes last, so an interrupted clear
+  leaves a dir that still names its old config (and is cleared again by the next start)."""
+  import shutil
+  for p in sorted(run.iterdir(), key=lambda p: p.name == 'config.json'):
+    if p.name == LOCK_FILE:
+      continue
+    if p.is_dir() and not p.is_symlink():
+      shutil.rmtree(p)
+    else:
+      p.unlink()
 
 
 def _holds_nothing(run: Path) -> bool:

@@ -72,6 +72,10 @@ def test_learns_the_real_labels_and_is_cached(stage, monkeypatch):
   assert again.from_cache and again.metrics == st.metrics
   for a, b in zip(jax.tree.leaves(st.params), jax.tree.leaves(again.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # An altered metrics file fails the entry's manifest: rebuilt (same seed: same numbers).
+  (st.directory / 'metrics.json').write_text('{"heldout_accuracy": {"64": 1.0}}')
+  rebuilt = classifier.classifier_stage(TINY, DATA, tok, progress=False)
+  assert not rebuilt.from_cache and rebuilt.metrics == st.metrics
 
 
 def test_reward_is_the_probability_of_bos_plus_text(stage):

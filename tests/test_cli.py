@@ -82,7 +82,15 @@ def test_run_end_to_end_with_overrides_resume_eval_and_plot(capsys, tmp_path):
   # Another config in the same out dir would mix two experiments: refused, in one line.
   line = _error(capsys, ['run', 'exact_frontier', '--variant', 'tiny', '--out', str(out),
                          '--set', 'train.steps=5'] + SMALL)
-  assert 'another config' in line
+  assert 'another config' in line and 'train.steps' in line
+  # A changed evaluation setting recomputes what it affects (here every run), and frontier.csv.
+  assert len(pd.read_csv(out / 'frontier.csv')) != 5
+  assert cli.main(['run', 'exact_frontier', '--variant', 'tiny', '--out', str(out), '--quiet',
+                   '--set', 'task.eval_beta=0.7', '--set', 'task.frontier_points=5'] + SMALL) == 0
+  assert 'evaluation settings changed (eval_beta: 0.3 → 0.7)' in capsys.readouterr().err
+  df = pd.read_csv(out / 'results.csv')
+  assert set(df.loc[df['method'] == 'best_of_n', 'beta']) == {0.7}
+  assert len(pd.read_csv(out / 'frontier.csv')) == 5
 
   assert cli.main(['eval', str(run_dir)]) == 0
   assert 'gap_fraction' in capsys.readouterr().out
@@ -98,6 +106,13 @@ def test_run_end_to_end_with_overrides_resume_eval_and_plot(capsys, tmp_path):
   assert 'ppo' in line and 'best_of_n, dpo' in line
   assert cli.main(['plot', str(out), '--kind', 'gap', '--out', str(tmp_path / 'g.png')]) == 0
   assert (tmp_path / 'g.png').stat().st_size > 1000
+  # The path printed is the file written: no suffix added behind the user's back.
+  assert cli.main(['plot', str(out), '--out', str(tmp_path / 'plain')]) == 0
+  assert f'plot: {tmp_path / "plain"}' in capsys.readouterr().out
+  assert (tmp_path / 'plain').read_bytes()[:4] == b'\x89PNG' and not (tmp_path / 'plain.png').exists()
+  assert cli.main(['plot', str(out), '--out', str(tmp_path)]) == 0  # a dir: frontier.png in it
+  assert (tmp_path / 'frontier.png').exists()
+  assert '.foo is not an image format' in _error(capsys, ['plot', str(out), '--out', 'x.foo'])
   assert cli.main(['plot', str(out), '--kind', 'win_rate']) == 0
   assert (out / 'win_rate.png').exists()
   assert cli.main(['list']) == 0

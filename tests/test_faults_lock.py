@@ -153,3 +153,29 @@ def test_done_json_is_absent_when_writing_it_fails(tmp_path, monkeypatch):
   assert sorted(p.name for p in run.iterdir()) == ['config.json']
   runs.mark_complete(run, wall_s=1.0)
   assert json.loads((run / 'done.json').read_text())['wall_s'] == 1.0
+
+
+def test_refusal_names_the_changed_keys(tmp_path):
+  run = _prepare(tmp_path, 1e-3)
+  (run / 'eval.jsonl').write_text('{"step": 0}\n')
+  with pytest.raises(RunDirError, match=r'config\.lr: 0\.001 → 0\.002'):
+    _prepare(tmp_path, 2e-3)
+
+
+def _prepare_eval(tmp_path, n_prompts):
+  return runs.prepare_run(tmp_path / 'out', 'dpo', {'beta': 0.1}, 0,
+                          {'lr': 1e-3, 'eval': {'n_eval_prompts': n_prompts}})
+
+
+def test_changed_evaluation_settings_rerun_the_run(tmp_path, capsys):
+  run = _prepare_eval(tmp_path, 128)
+  for name in ('eval.jsonl', 'done.json', 'metrics.jsonl'):
+    (run / name).write_text('{"step": 0}\n')
+  (run / 'checkpoints' / '10').mkdir(parents=True)
+  assert _prepare_eval(tmp_path, 128) == run and runs.is_complete(run)  # same: kept
+  assert _prepare_eval(tmp_path, 512) == run
+  err = capsys.readouterr().err
+  assert 'evaluation settings changed (n_eval_prompts: 128 → 512)' in err and 'recomputed' in err
+  assert sorted(p.name for p in run.iterdir()) == ['config.json']  # old results gone
+  assert json.loads((run / 'config.json').read_text())['config']['eval']['n_eval_prompts'] == 512
+  assert not runs.is_complete(run)

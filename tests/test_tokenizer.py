@@ -84,6 +84,13 @@ def test_cache_miss_then_hit_then_miss_on_config_change(reviews, cache_root):
   assert not other_data.from_cache and len(calls) == 3
   assert len(list((cache_root / 'tokenizer').iterdir())) == 3  # no temp dirs left behind
 
+  # An altered tokenizer.json (its bytes no longer match the manifest) is rebuilt, not used.
+  path = first.path if first.path.is_file() else first.path / 'tokenizer.json'
+  path.write_text(path.read_text().replace('"model"', '"model" ', 1))
+  rebuilt = load_or_train_tokenizer(SMALL, texts, 'data-v1')
+  assert not rebuilt.from_cache and len(calls) == 4
+  assert rebuilt.fingerprint == first.fingerprint
+
 
 def test_atomic_dir_publishes_on_success_and_leaves_nothing_on_failure(cache_root):
   target = cache.cache_dir('demo', {'a': 1})

@@ -27,7 +27,8 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from alignlab.config import to_dict
-from alignlab.data.cache import atomic_dir, cache_dir
+from alignlab.artifacts import ensure
+from alignlab.data.cache import cache_dir
 
 PAD, EOS, BOS = '<pad>', '<eos>', '<bos>'
 SPECIAL_TOKENS = (PAD, EOS, BOS)  # ids 0, 1, 2 in this order
@@ -177,11 +178,16 @@ def load_or_train_tokenizer(cfg: TokenizerConfig, texts_fn: Callable[[], Iterabl
   would; the result's `from_cache` says whether the cache was hit.
   """
   directory = tokenizer_cache_dir(cfg, data_fingerprint)
-  if (directory / FILENAME).is_file():
-    return Tokenizer.load(directory, from_cache=True)
-  tok = train_tokenizer(cfg, texts_fn())
-  with atomic_dir(directory) as tmp:
+  built = []
+
+  def build(tmp: Path) -> None:
+    tok = train_tokenizer(cfg, texts_fn())
     tok.save(tmp)
     meta = {'config': to_dict(cfg), 'data_fingerprint': data_fingerprint, 'vocab_size': tok.vocab_size}
     (tmp / 'meta.json').write_text(json.dumps(meta, indent=2))
-  return Tokenizer.load(directory, from_cache=False)
+    built.append(True)
+
+  # Verified against its manifest on every use: an altered tokenizer.json would silently
+  # re-map every token id of the cached stages built on it.
+  ensure(directory, build)
+  return Tokenizer.load(directory, from_cache=not built)

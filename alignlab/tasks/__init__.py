@@ -15,7 +15,11 @@ keys:
     prompt_len                  P: pairs and prompts are left-padded to it
     pairs                       training pairs in the canonical layout (`data/preference.py`)
                                 with π_ref's log-probs precomputed (`ref_chosen_logps`, …)
-    run_key, eval_key           what runs depend on: recorded in every run dir and compared
+    run_key, eval_key           what runs depend on: recorded in every run dir and compared.
+                                `eval_key` holds the evaluation settings (the task's
+                                `EVAL_FIELDS`, `config.split_fields`), `run_key` everything else: a changed
+                                eval_key re-runs the runs it affects, a changed run_key is an
+                                error (`runs.prepare_run`)
     evaluate(params, beta)      one evaluation point (a dict; `beta` is the method's own β or
                                 None) — exact or sampled, the task decides
     win_rates(params)           [{temperature, win_rate, ...}] against π_ref, gold as judge

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alignlab import sharding, stages
-from alignlab.config import ModelConfig, OptimizerConfig, SamplingConfig, to_dict
+from alignlab.config import ModelConfig, OptimizerConfig, SamplingConfig, split_fields, to_dict
 from alignlab.heads import CausalLM, ScalarModel, embedding_from_lm
 from alignlab.tasks import exact_math as em
 from alignlab.tasks.exact import best_of_n_logp, evaluate_logp, exact_policy_logp, exact_row, win_rate
@@ -157,7 +157,7 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
 
   env = {'name': 'bandit', 'mesh': mesh, 'progress': progress, 'model_cfg': mcfg,
          'graphdef': graphdef, 'ref_params': ref_params, 'prompt_len': 1, 'pairs': data,
-         'run_key': to_dict(cfg), 'eval_key': {'eval_beta': cfg.eval_beta},
+         'run_key': split_fields(cfg, EVAL_FIELDS)[0], 'eval_key': split_fields(cfg, EVAL_FIELDS)[1],
          'evaluate': evaluate, 'win_rates': win_rates, 'best_of_n': best_of_n,
          'reward_model': reward_model_, 'gold': gold,
          'rl_prompts': rl_prompts, 'rl_sampling': SamplingConfig(max_new_tokens=1, eos_id=-1),
@@ -168,3 +168,4 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
 VERDICT = ('objective', 'max')
 BEST_BY = ('objective', 'max')
 PLOTS = ('frontier',)
+EVAL_FIELDS = ('eval_beta',)  # what evaluation alone reads (a change re-evaluates)

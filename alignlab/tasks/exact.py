@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from alignlab import sharding, stages
-from alignlab.config import ModelConfig, OptimizerConfig, SamplingConfig, to_dict
+from alignlab.config import ModelConfig, OptimizerConfig, SamplingConfig, split_fields, to_dict
 from alignlab.evaluate import TEMPERATURES
 from alignlab.heads import CausalLM, ScalarModel, embedding_from_lm, last_token_value
 from alignlab.tasks import exact_math as em
@@ -252,8 +252,7 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
   env = {'name': 'exact', 'mesh': mesh, 'progress': progress, 'model_cfg': model_config(cfg),
          'graphdef': graphdef, 'ref_params': ref_params, 'ref_logp': ref_logp, 'r': r,
          'prompt_len': 1, 'pairs': pairs, 'run_key': to_dict(pairs_key),
-         'eval_key': {'eval_beta': cfg.eval_beta,
-                      'win_rate_temperatures': list(cfg.win_rate_temperatures)},
+         'eval_key': split_fields(cfg, EVAL_FIELDS)[1],
          'stages': {'sft': str(sft_dir), 'pairs': str(pairs_dir)}}
 
   def evaluate(params, beta=None):
@@ -309,3 +308,6 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
 VERDICT = ('gap_fraction', 'min')  # how far from π* at each KL budget
 BEST_BY = ('gap_fraction', 'min')
 PLOTS = ('frontier', 'gap', 'win_rates')
+# What evaluation alone reads (a change re-evaluates); `frontier_points` shapes frontier.csv
+# only, which every run of the experiment recomputes.
+EVAL_FIELDS = ('eval_beta', 'win_rate_temperatures')

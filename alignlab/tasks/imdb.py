@@ -32,7 +32,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from alignlab import artifacts, evaluate, sharding, stages
-from alignlab.config import ModelConfig, OptimizerConfig, SamplingConfig, to_dict
+from alignlab.config import ModelConfig, OptimizerConfig, SamplingConfig, split_fields, to_dict
 from alignlab.data.pairs import generate_preference_dataset, left_pad_prompts, split_responses
 from alignlab.data.preference import collate, read_pairs
 from alignlab.data.tokenizer import Tokenizer, TokenizerConfig
@@ -308,13 +308,13 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
   tokens_NxP, mask_NxP = jnp.asarray(tokens_NxP), jnp.asarray(mask_NxP)
   key_eval = jax.random.key(cfg.eval_seed)
   sampling = cfg.sampling(1.0, tok)
+  task_key, eval_key = split_fields(cfg, EVAL_FIELDS)
   env = {'name': 'imdb', 'mesh': mesh, 'progress': progress, 'tokenizer': tok,
          'model_cfg': model_config(cfg, tok), 'graphdef': graphdef, 'ref_params': ref_params,
          'prompt_len': p, 'pairs': pairs, 'heldout_pairs': heldout,
          'gold': from_token_lists(gold), 'rl_sampling': sampling,
-         'run_key': {'sft': sft_dir.name, 'pairs': dataset.path.name, 'task': to_dict(cfg)},
-         'eval_key': {'n_eval_prompts': cfg.n_eval_prompts, 'eval_beta': cfg.eval_beta,
-                      'eval_seed': cfg.eval_seed},
+         'run_key': {'sft': sft_dir.name, 'pairs': dataset.path.name, 'task': task_key},
+         'eval_key': eval_key,
          'stages': {'sft': str(sft_dir), 'pairs': str(dataset.path)},
          'info': {'from_cache': {'tokenizer': tok.from_cache, 'sft': sft_cached,
                                  'pairs': dataset.from_cache},
@@ -393,3 +393,5 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
 VERDICT = ('gold_reward', 'max')  # the paper's Fig. 2: gold reward at each KL
 BEST_BY = ('objective', 'max')
 PLOTS = ('frontier', 'win_rates')
+# The settings evaluation alone reads: a change re-evaluates, any other is another experiment.
+EVAL_FIELDS = ('n_eval_prompts', 'eval_beta', 'eval_seed')

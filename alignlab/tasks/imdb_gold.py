@@ -23,24 +23,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from alignlab import sharding
-from alignlab.checkpoint import save_params
+from alignlab import sharding, stages
+from alignlab.checkpoint import restore_params, save_params
 from alignlab.config import ModelConfig, OptimizerConfig, to_dict
 from alignlab.tasks import imdb_data as imdb
-from alignlab.data.cache import atomic_dir, copy_logs, work_dir
+from alignlab.data.cache import copy_logs
 from alignlab.data.tokenizer import Tokenizer
-from alignlab.heads import last_token_value
+from alignlab.heads import ScalarModel, last_token_value
 from alignlab.losses.reward import logistic
 from alignlab.train.batches import ArrayBatches, fixed_batches
-from alignlab.train.reward_model import cached_scalar_model, score
+from alignlab.train.reward_model import score
 from alignlab.train.fit import fit
 
 STAGE_VERSION = 1
@@ -141,41 +141,43 @@ def classifier_stage(cfg: ClassifierConfig, data: imdb.ImdbConfig, tok: Tokenize
   mesh = mesh if mesh is not None else sharding.make_mesh()
   model_cfg = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size)
   key = cache_key(cfg, data, tok)
-  graphdef, params, directory, cached = cached_scalar_model('imdb_classifier', key, model_cfg, cfg.seed, mesh)
-  if cached is not None:
-    return ClassifierStage(graphdef, params, directory, cached, True)
+  graphdef, params = sharding.init_params(lambda rngs: ScalarModel(model_cfg, rngs=rngs), mesh,
+                                          jax.random.key(cfg.seed))
 
-  width = cfg.max_tokens + 1
-  train = imdb.load_split(data, 'train')
-  train_ids = tok.encode_batch(train.texts)
-  rng = np.random.default_rng(cfg.seed)
-  ids = train_ids * cfg.copies
-  lengths_N = rng.integers(cfg.min_tokens, cfg.max_tokens + 1, size=len(ids))
-  tokens_NxT, mask_NxT = prefix_rows(ids, lengths_N, bos_id=tok.bos_id, pad_id=tok.pad_id, width=width)
-  labels_N = np.tile(train.labels, cfg.copies).astype(np.float32)
-  batches = ArrayBatches({'tokens': tokens_NxT, 'attention_mask': mask_NxT, 'labels': labels_N},
-                         cfg.batch_size, seed=cfg.seed)
-
-  test = imdb.load_split(data, 'test')
-  test_ids = tok.encode_batch(test.texts)
-  work = work_dir(directory)  # an interrupted training resumes from its last checkpoint
-  with atomic_dir(directory) as tmp:
-    state = fit(make_loss_fn(graphdef), params, batches, optimizer=cfg.optimizer, n_steps=cfg.steps,
-                run_dir=work, config=key, mesh=mesh, seed=cfg.seed, save_every=cfg.save_every,
-                desc='sentiment classifier', progress=progress)
-    copy_logs(work, tmp / 'run')
-    params = state['params']
+  def build(out: Path, work: Path) -> None:  # work: an interrupted training resumes there
+    width = cfg.max_tokens + 1
+    train = imdb.load_split(data, 'train')
+    train_ids = tok.encode_batch(train.texts)
+    rng = np.random.default_rng(cfg.seed)
+    ids = train_ids * cfg.copies
+    lengths_N = rng.integers(cfg.min_tokens, cfg.max_tokens + 1, size=len(ids))
+    tokens_NxT, mask_NxT = prefix_rows(ids, lengths_N, bos_id=tok.bos_id, pad_id=tok.pad_id,
+                                       width=width)
+    labels_N = np.tile(train.labels, cfg.copies).astype(np.float32)
+    batches = ArrayBatches({'tokens': tokens_NxT, 'attention_mask': mask_NxT,
+                            'labels': labels_N}, cfg.batch_size, seed=cfg.seed)
+    test = imdb.load_split(data, 'test')
+    test_ids = tok.encode_batch(test.texts)
+    state = fit(make_loss_fn(graphdef), params, batches, optimizer=cfg.optimizer,
+                n_steps=cfg.steps, run_dir=work, config=key, mesh=mesh, seed=cfg.seed,
+                save_every=cfg.save_every, desc='sentiment classifier', progress=progress)
+    copy_logs(work, out / 'run')
     heldout = {}
     for n in cfg.eval_tokens:
       tokens, mask = prefix_rows(test_ids, np.full(len(test_ids), n), bos_id=tok.bos_id,
                                  pad_id=tok.pad_id, width=width)
-      heldout[str(n)] = accuracy(graphdef, params, tokens, mask, test.labels)
-    metrics = {'heldout_accuracy': heldout, 'max_seq_len': width, 'n_train_rows': int(len(labels_N)),
-               'n_test_reviews': int(len(test.labels))}
-    save_params(tmp / 'params', params, key)
-    (tmp / 'metrics.json').write_text(json.dumps(metrics, indent=2))
-  shutil.rmtree(work, ignore_errors=True)
-  return ClassifierStage(graphdef, params, directory, metrics, False)
+      heldout[str(n)] = accuracy(graphdef, state['params'], tokens, mask, test.labels)
+    metrics = {'heldout_accuracy': heldout, 'max_seq_len': width,
+               'n_train_rows': int(len(labels_N)), 'n_test_reviews': int(len(test.labels))}
+    save_params(out / 'params', state['params'], key)
+    (out / 'metrics.json').write_text(json.dumps(metrics, indent=2))
+
+  # Verified against its manifest on every use (`stages.cached_stage`): a truncated or altered
+  # entry is rebuilt with a note, never read as a gold reward.
+  directory, cached = stages.cached_stage('imdb_classifier', key, build)
+  params = restore_params(directory / 'params', params, key)
+  metrics = json.loads((directory / 'metrics.json').read_text())
+  return ClassifierStage(graphdef, params, directory, metrics, cached)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ import numpy as np
 
 from alignlab import evaluate, hf, sharding, stages
 from alignlab.config import (ConfigError, ModelConfig, OptimizerConfig, SamplingConfig, config_hash,
-                             to_dict)
+                             split_fields, to_dict)
 from alignlab.data.pairs import left_pad_prompts
 from alignlab.data.preference import collate, read_metadata, read_pairs, write_pairs
 from alignlab.data.tokenizer import Tokenizer, TokenizerConfig, load_or_train_tokenizer
@@ -397,13 +397,13 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
   eval_tokens_NxP, eval_mask_NxP = jnp.asarray(eval_tokens_NxP), jnp.asarray(eval_mask_NxP)
   key_eval = jax.random.key(cfg.eval_seed)
   sampling = _sampling(tok, r)
+  task_key, eval_key = split_fields(cfg, EVAL_FIELDS)
   env = {'name': 'preference_file', 'mesh': mesh, 'progress': progress, 'tokenizer': tok,
          'model_cfg': mcfg, 'graphdef': graphdef, 'ref_params': ref_params, 'prompt_len': p,
          'pairs': pairs, 'heldout_pairs': heldout, 'rl_sampling': sampling,
          'train_prompts': _distinct_prompts(train, p), 'eval_rows': n_eval,
-         'run_key': {'policy': policy, 'pairs': pairs_dir.name, 'task': to_dict(cfg)},
-         'eval_key': {'n_eval_prompts': cfg.n_eval_prompts, 'eval_beta': cfg.eval_beta,
-                      'eval_seed': cfg.eval_seed, 'judge': 'reward_model'},
+         'run_key': {'policy': policy, 'pairs': pairs_dir.name, 'task': task_key},
+         'eval_key': {**eval_key, 'judge': 'reward_model'},
          'stages': {'pairs': str(pairs_dir), **stage_paths},
          'info': {'format': meta['format'], 'counts': meta['counts'],
                   'prompt_len': p, 'response_len': r, 'chat_template': template_source,
@@ -506,3 +506,5 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
 VERDICT = ('proxy_reward', 'max')
 BEST_BY = ('objective', 'max')
 PLOTS = ('frontier', 'win_rates')
+# The settings evaluation alone reads: a change re-evaluates, any other is another experiment.
+EVAL_FIELDS = ('n_eval_prompts', 'eval_beta', 'eval_seed', 'win_rate_temperatures')

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +12,7 @@ import numpy as np
 from flax import nnx
 
 from alignlab import sharding
-from alignlab.checkpoint import restore_params
 from alignlab.config import ModelConfig, OptimizerConfig
-from alignlab.data.cache import cache_dir
 from alignlab.heads import ScalarModel, embedding_from_lm, last_token_value
 from alignlab.losses.reward import bradley_terry
 from alignlab.train.batches import ArrayBatches, fixed_batches
@@ -85,19 +81,6 @@ def normalize(params: dict, scores: np.ndarray) -> dict:
   new_gain = 1.0 / std
   return {**params, 'gain': jnp.asarray(new_gain, jnp.float32),
           'bias': jnp.asarray(-raw.mean() * new_gain, jnp.float32)}
-
-
-def cached_scalar_model(kind: str, key: dict, model_cfg: ModelConfig, seed: int, mesh):
-  """A scalar-head stage's starting point: `(graphdef, params, directory, metrics)`, with the
-  trained params and `metrics.json` read from the cache entry `kind/<hash of key>` when it
-  exists, else fresh params and `metrics=None` (the caller trains and writes the entry)."""
-  directory = cache_dir(kind, key)
-  graphdef, params = sharding.init_params(lambda rngs: ScalarModel(model_cfg, rngs=rngs), mesh,
-                                          jax.random.key(seed))
-  if not directory.is_dir():
-    return graphdef, params, directory, None
-  params = restore_params(Path(directory) / 'params', params, key)
-  return graphdef, params, directory, json.loads((Path(directory) / 'metrics.json').read_text())
 
 
 @dataclasses.dataclass(frozen=True)
