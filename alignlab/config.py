@@ -60,6 +60,10 @@ class ModelConfig:
   # steps always use the einsum, which reads the head-major KV cache without a copy.
   attention: str = 'auto'
   remat: bool = False  # recompute each block's activations in the backward pass (less memory)
+  # Cacheless passes (training, scoring) run the blocks as one `lax.scan` over their stacked
+  # parameters, so a deep model compiles one block instead of L; the parameters keep their
+  # per-layer layout (checkpoints, Hugging Face mapping, shardings). Decoding keeps the loop.
+  scan_layers: bool = dataclasses.field(default=False, metadata={'keyed_if_set': True})
   # Response positions per chunk when computing log-probs: the float32 BxTxV logits are then
   # never materialized whole (each chunk is recomputed in the backward pass). 0: one chunk.
   logits_chunk: int = 0
@@ -172,9 +176,12 @@ class SamplingConfig:
 
 
 def to_dict(cfg: Any) -> Any:
-  """A JSON-ready nested dict of a (nested) dataclass config."""
+  """A JSON-ready nested dict of a (nested) dataclass config. A field marked `keyed_if_set`
+  appears only when it differs from its default: a switch added later then leaves the
+  records and cache keys of every existing config as they were."""
   if dataclasses.is_dataclass(cfg):
-    return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+            if not (f.metadata.get('keyed_if_set') and getattr(cfg, f.name) == f.default)}
   if isinstance(cfg, (list, tuple)):
     return [to_dict(v) for v in cfg]
   if isinstance(cfg, dict):

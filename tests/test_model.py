@@ -1,5 +1,6 @@
 """Transformer: causality, padding invariance, KV cache, heads, bad token ids."""
 
+import dataclasses
 import functools
 
 import jax
@@ -9,7 +10,7 @@ import pytest
 from flax import nnx
 
 from alignlab import sharding
-from alignlab.config import ModelConfig
+from alignlab.config import ModelConfig, config_hash, from_dict, to_dict
 from alignlab.heads import CausalLM, ScalarModel, last_token_value
 from alignlab.logprobs import (check_token_ids, sequence_logprobs, shared_prompt_logprobs, token_kl,
                                token_logprobs)
@@ -196,3 +197,56 @@ def test_causal_mask_and_positions():
   np.testing.assert_array_equal(np.asarray(positions_from_mask(mask)), [[0, 0, 0, 1, 2]])
   m = np.asarray(causal_mask(mask))[0]
   assert m[4, 2] and m[4, 4] and not m[2, 3] and not m[4, 1]
+
+
+@pytest.mark.parametrize('name, remat, model_classes', [('gpt2', False, (CausalLM, ScalarModel)),
+                                                        ('llama_gqa', True, (CausalLM,))])
+def test_scan_over_layers_equals_the_loop(name, remat, model_classes):
+  """`scan_layers=True` (one `lax.scan` over the stacked blocks) gives the loop's logits,
+  sequence log-probs and scalar values, and their gradients, to 1e-5 in float32; it reads
+  the same per-layer params; its program holds a loop where the other holds none."""
+  base = dataclasses.replace(LAYOUTS['llama' if name != 'gpt2' else 'gpt2'], n_layers=3,
+                             init_std=0.2, attention='einsum')
+  if name == 'llama_gqa':
+    base = dataclasses.replace(base, n_kv_heads=1)
+  mesh = sharding.make_mesh(sharding.MeshConfig.single(), jax.devices()[:1])
+  rng = np.random.default_rng(0)
+  tokens = jnp.asarray(rng.integers(0, base.vocab_size, (2, 11)), jnp.int32)
+  mask = jnp.ones_like(tokens).at[0, :3].set(0)
+  response = mask.at[:, :5].set(0)
+
+  def run(cfg, model_cls, params):
+    graphdef = sharding.abstract_model(lambda r: model_cls(cfg, rngs=r))[0]
+
+    def f(params):
+      model = nnx.merge(graphdef, params)
+      if model_cls is ScalarModel:
+        out = model(tokens, mask)
+        return (out * mask).sum(), out
+      out = sequence_logprobs(model, tokens, mask, response, response_start=5)
+      return out.sum() + 0.01 * model(tokens, mask).sum(), out
+    lowered = jax.jit(jax.value_and_grad(f, has_aux=True)).lower(params)
+    (_, out), grads = lowered.compile()(params)
+    return out, grads, lowered.as_text().count('stablehlo.while')
+
+  scan = dataclasses.replace(base, scan_layers=True, remat=remat)
+  for model_cls in model_classes:
+    params = sharding.init_params(lambda r: model_cls(base, rngs=r), mesh, jax.random.key(1))[1]
+    loop_out, loop_grads, loop_whiles = run(base, model_cls, params)
+    scan_out, scan_grads, scan_whiles = run(scan, model_cls, params)
+    assert loop_whiles == 0 and scan_whiles >= 2, (loop_whiles, scan_whiles)  # forward + backward
+    assert np.abs(np.asarray(loop_out)).sum() > 1
+    np.testing.assert_allclose(np.asarray(scan_out), np.asarray(loop_out), atol=1e-5, rtol=1e-5)
+    assert jax.tree.structure(scan_grads) == jax.tree.structure(loop_grads)
+    for a, b in zip(jax.tree.leaves(loop_grads), jax.tree.leaves(scan_grads)):
+      np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=1e-4)
+
+
+def test_scan_layers_keeps_existing_cache_keys():
+  """The switch is recorded only when set: every config made before it keeps its hash (stage
+  cache entries, run dirs), and a config that sets it reads back as it was."""
+  assert 'scan_layers' not in to_dict(ModelConfig())
+  assert config_hash(ModelConfig()) == 'f6f653e9cc5b'  # the hash before the field existed
+  scan = dataclasses.replace(ModelConfig(), scan_layers=True)
+  assert to_dict(scan)['scan_layers'] is True and from_dict(ModelConfig, to_dict(scan)) == scan
+  assert config_hash(scan) != config_hash(ModelConfig())
