@@ -246,6 +246,25 @@ def target_check(run: Path, target: float) -> dict:
           'kl_target_met': bool(abs(kl - target) <= KL_TARGET_TOLERANCE * target)}
 
 
+def planned_flops(env: dict, name: str, cfg) -> float:
+  """The training model-FLOPs one run of `name` takes at its full budget (6·N per trained
+  token, 2·N per forward-only one; Kaplan et al. 2020, arXiv 2001.08361 §2.1): what
+  `pipeline.run` states before it starts. Evaluation and sampling for it are not counted."""
+  spec = METHODS[name]
+  params = env['ref_params']
+  n = float(sum(x.size for x in jax.tree.leaves(params)))
+  if spec['train'] is train_preference:
+    pairs = env['pairs']
+    width = sum(pairs[k].shape[1] for k in pairs if k.endswith('_tokens'))
+    per_token = 6.0 + (4.0 if spec.get('ref_per_batch') else 0.0)  # π_ref's forward per batch
+    return n * per_token * cfg.train.batch_size * width * cfg.train.steps
+  if spec['train'] is train_rl:
+    pcfg = _ppo_config(env, cfg.rl, spec, 1.0, 0)
+    rows = max(cfg.rl.rollouts // pcfg.samples_per_prompt, 1)
+    return ppo.episode_cost(pcfg, params, (rows, env['prompt_len']))['train_flops'] * cfg.rl.iterations
+  return 0.0
+
+
 def best_of_n(env: dict, name: str, runs_: list[tuple[Any, int]], cfg, out_dir: Path,
               progress: bool) -> int:
   """π_ref's samples reranked by the reward model: one evaluation point per N, no training."""

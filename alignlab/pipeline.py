@@ -243,6 +243,31 @@ def summary(cfg: ExperimentConfig | None, df: pd.DataFrame) -> str:
   return runs.format_table(runs.best_points(df, by, mode))
 
 
+def plan(cfg: ExperimentConfig, env: dict, out_dir: Path) -> str:
+  """One line stated before training starts: the runs to train and their training compute,
+  with a lower bound on its time at this machine's measured matmul rate."""
+  todo, flops = 0, 0.0
+  for name in cfg.methods:
+    values = getattr(cfg.sweeps, name, METHODS[name]['values'])
+    single = METHODS[name]['train'] in (methods_lib.best_of_n, methods_lib.reference)
+    for v in values:
+      for s in (0,) if single else cfg.seeds:  # one point, no training, no seeds
+        hparams = {METHODS[name]['hparam']: v} if METHODS[name]['hparam'] else {}
+        if not runs.is_complete(out_dir / runs.run_name(name, hparams, s)):
+          todo += 1
+          flops += methods_lib.planned_flops(env, name, cfg)
+  rate = sharding.matmul_flops_per_s()
+  amount = f'{flops / 1e12:.3g} TFLOP' if flops >= 1e12 else f'{flops / 1e9:.3g} GFLOP'
+  return (f'plan: {todo} runs to make, {amount} of training (6·N·tokens); at the '
+          f'{rate / 1e9:.0f} GFLOP/s this machine multiplies matrices, ≥ '
+          f'{_duration(flops / rate)}, before sampling and evaluation')
+
+
+def _duration(seconds: float) -> str:
+  return (f'{seconds:.0f} s' if seconds < 120 else f'{seconds / 60:.0f} min' if seconds < 7200
+          else f'{seconds / 3600:.1f} h')
+
+
 def run(cfg: ExperimentConfig, out_dir: str | Path, *, source: dict | None = None,
         progress: bool = True, verbose: bool = True) -> ExperimentResult:
   """Runs (or resumes) an experiment: trains and evaluates every (method, value, seed) of
@@ -274,6 +299,7 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, *, source: dict | None = Non
     t0 = time.perf_counter()
     _, env = setup(cfg, progress=progress)
     timings = {'stages_s': time.perf_counter() - t0}
+    log(plan(cfg, env, out_dir))
     if 'frontier' in env:  # recomputed every time (it is cheap): never stale to the config
       frontier = env['frontier']()  # computed by every process: it may run on the mesh
       if writer:

@@ -179,3 +179,18 @@ def shard_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
                         f'{n} data-parallel shards of mesh {dict(mesh.shape)}')
     out[key] = distributed.put(value, batch_sharding(mesh))
   return out
+
+
+def matmul_flops_per_s(n: int = 1024, repeats: int = 5) -> float:
+  """The FLOP/s of an n×n float32 matmul on the default device (the best of `repeats`): the
+  rate `pipeline.plan` states its lower bounds at."""
+  import time
+  x = jax.numpy.ones((n, n), jax.numpy.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(x).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    f(x).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2.0 * n ** 3 / best

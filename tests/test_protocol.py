@@ -52,6 +52,14 @@ def test_kl_cap_stops_and_freezes_a_run_of_a_vectorized_program(tmp_path):
   assert again['kl'] == pytest.approx(points[-1]['kl'], abs=1e-6)
   df = runs.collect_results(out)
   assert set(df.loc[df['run'] == fast.name, 'stopped']) == {stop['reason']}
+  # The plan stated before a run starts counts the FLOPs the run records at its budget.
+  from alignlab import methods
+  _, env = pipeline.setup(cfg, progress=False)
+  slow_flops = runs.read_jsonl(slow / 'eval.jsonl')[-1]['train_flops']
+  assert methods.planned_flops(env, 'dpo', cfg) == pytest.approx(slow_flops, rel=1e-6)
+  line = pipeline.plan(cfg, env, out)
+  assert line.startswith('plan: 0 runs to make, 0 GFLOP')
+  assert pipeline.plan(cfg, env, tmp_path / 'empty').startswith('plan: 2 runs to make')
 
 
 @pytest.mark.slow
