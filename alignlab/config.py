@@ -60,9 +60,10 @@ class ModelConfig:
   # steps always use the einsum, which reads the head-major KV cache without a copy.
   attention: str = 'auto'
   remat: bool = False  # recompute each block's activations in the backward pass (less memory)
-  # Cacheless passes (training, scoring) run the blocks as one `lax.scan` over their stacked
-  # parameters, so a deep model compiles one block instead of L; the parameters keep their
-  # per-layer layout (checkpoints, Hugging Face mapping, shardings). Decoding keeps the loop.
+  # Multi-token passes (training, scoring, prefill) run the blocks as one `lax.scan` over
+  # their stacked parameters, so a deep model compiles one block instead of L; the parameters
+  # keep their per-layer layout (checkpoints, Hugging Face mapping, shardings). One-token
+  # decode steps keep the loop.
   scan_layers: bool = dataclasses.field(default=False, metadata={'keyed_if_set': True})
   # Response positions per chunk when computing log-probs: the float32 BxTxV logits are then
   # never materialized whole (each chunk is recomputed in the backward pass). 0: one chunk.

@@ -320,8 +320,9 @@ class Transformer(nnx.Module):
     if self.cfg.positions == 'learned':
       x_BxTxD = x_BxTxD + jnp.take(self.pos_embed[...], positions_BxT, axis=0).astype(dtype)
     x_BxTxD = constrain(x_BxTxD, ('batch', None, None))
-    if self.cfg.scan_layers and cache is None:
-      return self.norm_final(self._scan_blocks(x_BxTxD, positions_BxT, mask_BxTxS)), None
+    if self.cfg.scan_layers and tokens_BxT.shape[1] > 1:
+      x_BxTxD, new_cache = self._scan_blocks(x_BxTxD, positions_BxT, mask_BxTxS, cache, cache_index)
+      return self.norm_final(x_BxTxD), new_cache
     new_cache = [] if cache is not None else None
     # Remat (Chen et al. 2016, arXiv 1604.06174): a block keeps only its input for the
     # backward pass and recomputes the rest, so activation memory is one block's, not L's.
@@ -334,23 +335,30 @@ class Transformer(nnx.Module):
         new_cache.append(layer_cache)
     return self.norm_final(x_BxTxD), new_cache
 
-  def _scan_blocks(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
-                   mask_BxTxS: jax.Array) -> jax.Array:
-    """The blocks as one `lax.scan` over their parameters stacked on a leading L axis: XLA
-    compiles the body once, not L times. The stack is a copy made inside the program, so the
-    stored parameters stay a per-layer list. With a KV cache the loop runs instead: stacking
-    the per-layer caches would copy every layer's cache at each decoded token."""
+  def _scan_blocks(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_BxTxS: jax.Array,
+                   cache: KVCache | None, cache_index: jax.Array | int
+                   ) -> tuple[jax.Array, KVCache | None]:
+    """The blocks as one `lax.scan` over their parameters (and KV caches) stacked on a leading
+    L axis: XLA compiles the body once, not L times. The stacks are copies made inside the
+    program, so the stored parameters and the cache stay per-layer lists. Only multi-token
+    passes (training, scoring, prefill) come here: a one-token decode step keeps the loop, as
+    stacking would copy every layer's cache at each decoded token."""
     block_def = nnx.graphdef(self.blocks[0])
     params_L = jax.tree.map(lambda *xs: jnp.stack(xs),
                             *(nnx.to_pure_dict(nnx.state(b)) for b in self.blocks))
+    cache_L = None if cache is None else jax.tree.map(lambda *xs: jnp.stack(xs), *cache)
 
-    def body(x_BxTxD, block_params):
-      x_BxTxD, _ = nnx.merge(block_def, block_params)(x_BxTxD, positions_BxT, mask_BxTxS, None, 0)
-      return x_BxTxD, None
+    def body(x_BxTxD, layer):
+      block_params, layer_cache = layer
+      return nnx.merge(block_def, block_params)(x_BxTxD, positions_BxT, mask_BxTxS, layer_cache,
+                                                cache_index)
 
     # Remat as in the loop: a layer keeps only its input for the backward pass.
-    x_BxTxD, _ = jax.lax.scan(jax.checkpoint(body) if self.cfg.remat else body, x_BxTxD, params_L)
-    return x_BxTxD
+    x_BxTxD, new_cache_L = jax.lax.scan(jax.checkpoint(body) if self.cfg.remat else body,
+                                        x_BxTxD, (params_L, cache_L))
+    if cache is None:
+      return x_BxTxD, None
+    return x_BxTxD, [jax.tree.map(lambda x, i=i: x[i], new_cache_L) for i in range(self.cfg.n_layers)]
 
   def attend_embeddings(self, hidden_BxTxD: jax.Array) -> jax.Array:
     """Tied LM head: logits = hidden · Eᵀ, accumulated and returned in float32 (bf16 logits
