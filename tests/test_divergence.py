@@ -11,6 +11,7 @@ import math
 import jax
 import numpy as np
 import pandas as pd
+import pytest
 
 from alignlab import cli
 from alignlab.checkpoint import Checkpointer
@@ -52,3 +53,26 @@ def test_exact_kl_of_a_nan_policy_is_nan_not_zero():
   assert float(em.kl(ref, ref)[1]) == 0.0
   m = em.exact_metrics(bad, ref, jax.numpy.ones((2, 4)), 0.3)
   assert math.isnan(float(m['kl'])) and math.isnan(float(m['gap_fraction']))
+
+
+@pytest.mark.slow  # builds the IMDb tiny stages (tokenizer, SFT, pairs): minutes on 2 cores
+def test_imdb_dpo_with_a_huge_learning_rate_fails_cleanly(tmp_path, capsys):
+  """The same mistake on the sampled IMDb task: no gold reward is reported for a NaN policy."""
+  out = tmp_path / 'out'
+  code = cli.main(['run', 'imdb_frontier', '--variant', 'tiny', '--quiet', '--out', str(out),
+                   '--set', "methods=['sft','dpo']", '--set', 'sweeps.dpo=[1.0]',
+                   '--set', 'train.optimizer.learning_rate=1e9', '--set', 'train.save_every=1'])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 1 and 'dpo-beta1-seed0' in err[-1] and 'non-finite' in err[-1], err
+  run = out / 'dpo-beta1-seed0'
+  record = json.loads((run / 'failed.json').read_text())
+  assert not (run / 'done.json').exists() and record['step'] >= 1
+  with Checkpointer(run / 'checkpoints', {}) as ckpt:
+    assert ckpt.latest_step() == record['last_checkpoint'] < record['step']
+  df = pd.read_csv(out / 'results.csv')
+  dpo = df[df['method'] == 'dpo']
+  assert set(dpo['status']) == {'failed'} and (dpo['step'] < record['step']).all()
+  for col in ('gold_reward', 'kl', 'objective'):
+    assert np.all(np.isfinite(dpo[col])), col
+  assert set(df.loc[df['method'] == 'sft', 'status']) == {'done'}
+  assert 'Failed runs' in (out / 'summary.md').read_text()
