@@ -439,6 +439,43 @@ def sample_pairs_bt(key: jax.Array, cfg: ExactTaskConfig, ref_logp: jax.Array, r
   )
 
 
+def support_mask(cfg: ExactTaskConfig, support_size: int, seed: int) -> np.ndarray:
+  """Which responses the preference data may mention, (P, Y) bool: `support_size` of the Y
+  responses per prompt, a uniformly random subset drawn from `np.random.default_rng(seed)`
+  (one permutation per prompt, in prompt order). Xu et al. 2024 (arXiv 2404.10719, §4) ask what
+  DPO does with the responses such data never shows it."""
+  if not 1 <= support_size <= cfg.n_responses:
+    raise ConfigError(f'support_size={support_size} must be in 1..{cfg.n_responses} '
+                      '(the responses per prompt)')
+  rng = np.random.default_rng(seed)
+  support_PxY = np.zeros((cfg.n_prompts, cfg.n_responses), bool)
+  for prompt in range(cfg.n_prompts):
+    support_PxY[prompt, rng.permutation(cfg.n_responses)[:support_size]] = True
+  return support_PxY
+
+
+def off_support_mass(logp: jax.Array, support: jax.Array) -> jax.Array:
+  """Σ_{y ∉ S(x)} π(y|x), the probability a policy puts on responses outside the data's support
+  S(x), averaged over the (uniform) prompts; `support` is `support_mask`'s (P, Y) bool."""
+  return jnp.sum(jnp.where(support, 0.0, jnp.exp(logp)), axis=-1).mean()
+
+
+def support_split_kl(logp: jax.Array, star_logp: jax.Array, support: jax.Array) -> jax.Array:
+  """KL(Bern(m_π(x)) ‖ Bern(m_π*(x))) per prompt, (P,), with m(x) a policy's mass off the
+  support: by the chain rule of KL, KL(π‖π*) = this + the expected KL within the support and
+  within its complement, so β times it is the part of the gap β·KL(π‖π*) (arXiv 2305.18290,
+  App. A.1) that comes from splitting mass wrongly between seen and unseen responses."""
+  off_P = jnp.sum(jnp.where(support, 0.0, jnp.exp(logp)), axis=-1)
+  star_off_P = jnp.sum(jnp.where(support, 0.0, jnp.exp(star_logp)), axis=-1)
+  tiny = jnp.finfo(jnp.result_type(float)).tiny
+
+  def term(a_P, b_P):  # a·log(a/b), 0 where a = 0
+    log_ratio_P = jnp.log(jnp.maximum(a_P, tiny)) - jnp.log(jnp.maximum(b_P, tiny))
+    return jnp.where(a_P > 0, a_P * log_ratio_P, 0.0)
+
+  return term(off_P, star_off_P) + term(1.0 - off_P, 1.0 - star_off_P)
+
+
 def bayes_accuracy(p: jax.Array) -> jax.Array:
   """mean(max(p, 1 − p)): the label accuracy of the best classifier that knows the gold reward,
   the ceiling for a reward model's (or DPO's implicit reward's) preference accuracy."""
