@@ -11,8 +11,9 @@
   explicit `ref_params=` argument, shared (not vmapped) by every run.
 - `data`: a `RunBatches(arrays, batch_size, seeds)` — every run r reads the batches
   `ArrayBatches(arrays, batch_size, seed=seeds[r])` would give it, gathered inside the
-  program from arrays put on the devices once — or a callable `batch_at(step) -> dict`
-  whose batch every run shares.
+  program from arrays put on the devices once —, a `GrainBatches` with the same arguments
+  (the same gathering, each run's order read from a grain iterator whose state is saved with
+  the checkpoints), or a callable `batch_at(step) -> dict` whose batch every run shares.
 - R runs that differ only in scalar hyperparameters and seeds train as ONE compiled program,
   `jax.vmap` (or `lax.map` over chunks) over a leading run axis of (state, hparams); the
   result of each run equals the same run trained alone (tests/test_sweep.py, ≤ 1e-5).
@@ -53,7 +54,7 @@ from tqdm.auto import tqdm
 from alignlab import distributed, sharding
 from alignlab.checkpoint import Checkpointer
 from alignlab.config import OptimizerConfig, to_dict
-from alignlab.train.batches import ArrayBatches
+from alignlab.train.batches import ArrayBatches, GrainBatches
 from alignlab.train.optim import make_optimizer
 from alignlab.train.step import init_state, make_train_step
 
@@ -73,7 +74,7 @@ class RunBatches:
 
   def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seeds: Sequence[int], *,
                shuffle: bool = True):
-    self.arrays = arrays
+    self.arrays, self.batch_size = arrays, batch_size
     self.seeds = [int(s) for s in seeds]
     self.per_run = [ArrayBatches(arrays, batch_size, seed=s, shuffle=shuffle) for s in self.seeds]
 
@@ -216,6 +217,13 @@ def eval_schedule(n_steps: int, points: int) -> list[int]:
   return sorted(set(np.clip(grid, 1, n_steps).tolist()))
 
 
+def _record_at(path: Path, step: int) -> dict | None:
+  """The last record of `step` in a jsonl file, or None."""
+  rows = [json.loads(line) for line in path.read_text().splitlines()
+          if line.strip()] if path.exists() else []
+  return next((row for row in reversed(rows) if row.get('step') == step), None)
+
+
 def _append(path: Path, step: int, row: dict) -> None:
   if not distributed.is_writer():
     return
@@ -263,7 +271,8 @@ def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_st
          stop_after: int | None = None, eval_steps: Sequence[int] | None = None,
          stop_fn: Callable[[dict], str | None] | None = None,
          freeze: Callable[[int], None] | None = None,
-         cost_per_step: dict[str, float] | None = None) -> tuple[Any, list[dict | None]]:
+         cost_per_step: dict[str, float] | None = None,
+         data_state: GrainBatches | None = None) -> tuple[Any, list[dict | None]]:
   """Runs `step_fn(state, *feed_at(step)) -> (state, metrics)` from the newest checkpoint all
   runs have saved (or from `state`) to `n_steps`; returns (state, failures), one failure
   record (or None) per run.
@@ -280,7 +289,11 @@ def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_st
   (`freeze(r)`: its learning rate set to 0, so its parameters stay those evaluated last),
   is neither evaluated nor logged again, and records `stopped.json`; the loop ends when every
   run has stopped or failed. Each evaluation row gets its cost: `wall_s` and, per
-  `cost_per_step`, e.g. `train_tokens` and `train_flops` times the steps taken."""
+  `cost_per_step`, e.g. `train_tokens` and `train_flops` times the steps taken.
+
+  `data_state`: the `GrainBatches` that `feed_at` reads; its iterators' states are saved with
+  every checkpoint (`data_state.jsonl` of each run dir, at the checkpoint's step) and set back
+  on resume, so the resumed run reads the batches the uninterrupted one would have."""
   run_dirs = [Path(d) for d in run_dirs]
   n_runs = len(run_dirs)
   take = take or (lambda s, r: s)
@@ -302,8 +315,15 @@ def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_st
       state = stack(slices)
     metrics_paths = [d / 'metrics.jsonl' for d in run_dirs]
     eval_paths = [d / 'eval.jsonl' for d in run_dirs]
-    for path in metrics_paths + eval_paths:
+    data_paths = [d / 'data_state.jsonl' for d in run_dirs]
+    for path in metrics_paths + eval_paths + data_paths:
       truncate_jsonl(path, start)
+    if data_state is not None and start:
+      saved = [_record_at(p, start) for p in data_paths]
+      if any(row is None for row in saved):
+        raise ValueError(f'{desc}: no data iterator state at step {start} beside the checkpoint '
+                         f'({", ".join(str(p) for p in data_paths)})')
+      data_state.set_state([row['state'] for row in saved], start)
     failed: list[dict | None] = [None] * n_runs
     for d in run_dirs:
       if writer:
@@ -353,11 +373,14 @@ def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_st
             freeze(r)
 
     def save(step):
+      states = data_state.get_state() if data_state is not None else None
       for r, c in enumerate(ckpts):
         if failed[r] is None:
           run = take(state, r)
           if bool(_all_finite(run)):
             c.save(step, run, force=True)
+            if states is not None:
+              _append(data_paths[r], step, {'state': states[r]})
           else:
             fail(r, step, 'non-finite parameters')
 
@@ -418,7 +441,8 @@ def loop(step_fn: Callable, state: Any, feed_at: Callable[[int], tuple], *, n_st
 # ----------------------------------------------------------------------------- fit
 
 
-def fit_runs(loss_fn: Callable, params: Any, data: RunBatches | Callable[[int], dict],
+def fit_runs(loss_fn: Callable, params: Any,
+             data: RunBatches | GrainBatches | Callable[[int], dict],
              hparams: dict[str, Any], *, optimizer: OptimizerConfig, n_steps: int,
              run_dirs: Sequence[str | Path], configs: Sequence[Any],
              seeds: Sequence[int] | None = None, ref_params: Any = None, mesh=None,
@@ -434,7 +458,7 @@ def fit_runs(loss_fn: Callable, params: Any, data: RunBatches | Callable[[int], 
   n_runs = len(run_dirs)
   if len(configs) != n_runs:
     raise ValueError(f'{len(configs)} configs for {n_runs} run dirs')
-  gather = isinstance(data, RunBatches)
+  gather = isinstance(data, (RunBatches, GrainBatches))
   if seeds is None:
     seeds = data.seeds if gather else [0] * n_runs
   if len(seeds) != n_runs or (gather and data.n_runs != n_runs):
@@ -468,8 +492,10 @@ def fit_runs(loss_fn: Callable, params: Any, data: RunBatches | Callable[[int], 
               for k, v in data.arrays.items()}
     indices_sh = NamedSharding(mesh, P(axis, _batch_axes(axis)))
 
+    next_indices = data.next_indices if isinstance(data, GrainBatches) else data.indices
+
     def feed_at(i):
-      return arrays, distributed.put(data.indices(i), indices_sh), live['hp'], shared
+      return arrays, distributed.put(next_indices(i), indices_sh), live['hp'], shared
   else:
     batch_sh = NamedSharding(mesh, P(_batch_axes(axis)))
 
@@ -485,7 +511,8 @@ def fit_runs(loss_fn: Callable, params: Any, data: RunBatches | Callable[[int], 
                 take=run_state, stack=stack, save_every=save_every, eval_fn=eval_fn,
                 eval_every=eval_every, log_every=log_every, desc=desc, progress=progress,
                 stop_after=stop_after, eval_steps=eval_steps, stop_fn=stop_fn, freeze=freeze,
-                cost_per_step=step_cost(params, data, grad_accum))
+                cost_per_step=step_cost(params, data, grad_accum),
+                data_state=data if isinstance(data, GrainBatches) else None)
 
 
 def n_params(params: Any) -> int:
@@ -497,9 +524,9 @@ def step_cost(params: Any, data: RunBatches | Callable[[int], dict], grad_accum:
   (`train_tokens`, padding included: what the device computes) and its model FLOPs,
   6 · parameters · tokens (forward + backward; Kaplan et al. 2020, arXiv 2001.08361 §2.1)."""
   del grad_accum  # accumulation splits a batch; the tokens of a step are the same
-  batch = ({k: v[:1] for k, v in data.arrays.items()} if isinstance(data, RunBatches)
-           else data(0))
-  rows = data.per_run[0].batch_size if isinstance(data, RunBatches) else None
+  gather = isinstance(data, (RunBatches, GrainBatches))
+  batch = {k: v[:1] for k, v in data.arrays.items()} if gather else data(0)
+  rows = data.batch_size if gather else None
   tokens = 0
   for key, value in batch.items():
     if key == 'tokens' or key.endswith('_tokens'):
