@@ -1,7 +1,10 @@
 """Your own preference data (`alignlab/tasks/preference_file.py`): DPO and its family, the
 Bradley–Terry reward model + PPO, RLOO, GRPO and Best-of-N on the pairs of a JSONL or Parquet
-file. There is no gold reward: points are scored by the reward model (`proxy_reward`), the
-exact KL(π‖π_ref) on held-out prompts and the held-out implicit-reward accuracy.
+file. There is no gold reward: points are scored by a held-out judge, a second reward model
+trained on a disjoint half of the train prompts (`judge_reward` = `gold_reward`), beside the
+proxy reward model the RL methods optimize (`proxy_reward`), the exact KL(π‖π_ref) on
+held-out prompts and the held-out implicit-reward accuracy. A file of KTO rows trains `kto`
+on its rows unpaired.
 
     alignlab run preference_file --variant tiny --set task.data.path=pairs.jsonl
     alignlab run preference_file --set task.data.path=hh.parquet --set task.model.hf_path=DIR

@@ -19,11 +19,16 @@ Formats, told from the first row's keys and then required of every row:
                       checkpoint's `chat_template` from tokenizer_config.json, else
                       `ALIGNLAB_CHAT_TEMPLATE`. A response is the rendering of prompt +
                       response past the rendering of the prompt with the generation prompt.
-    kto               prompt / completion / label (unpaired, KTO's format): paired by prompt,
-                      every desirable completion of a prompt against every undesirable one;
-                      prompts with only one kind give no pair and are counted.
+    kto               prompt / completion / label (unpaired, KTO's format): every row is kept
+                      as one unpaired example for KTO (`tokenize_unpaired`); for the methods
+                      that need pairs (the DPO family, the reward models) the rows are also
+                      paired by prompt (`pair_kto`), every desirable completion of a prompt
+                      against every undesirable one; prompts with only one kind give no pair
+                      and are counted.
 
-A row may carry a `split` field ('train', or 'test' / 'validation' / 'eval'). A bad row is
+A row may carry a `split` field ('train', or 'test' / 'validation' / 'eval'). The train split
+is then cut by prompt into the policies' half ('train') and the held-out judge's ('judge',
+`assign_judge_split`). A bad row is
 `FILE:LINE: reason`; every bad row is collected and, unless `skip_bad_rows`, the first is
 raised (with the count of the others) before anything is written.
 
@@ -265,7 +270,7 @@ def _kto(record: dict) -> dict:
     label = bool(label)
   if not isinstance(label, bool):
     raise _BadRow(f"field 'label' is {label!r}; expected true or false")
-  return {'prompt': prompt, 'completion': completion, 'label': label}
+  return {'prompt': prompt, 'completion': completion, 'label': label, 'templated': False}
 
 
 def pair_kto(rows: list[dict]) -> tuple[list[dict], int]:
@@ -303,7 +308,8 @@ def _report_bad(bad: list[str], skip: bool, log: Callable, path, fix: str) -> No
 def parse_file(path: str | Path, *, skip_bad_rows: bool = False, render: Callable | None = None,
                log: Callable[[str], None] = lambda s: None) -> tuple[str, list[dict], dict]:
   """(format, rows, counts): every row of `path` validated into {prompt, chosen, rejected,
-  templated, split, line}; `render(messages, add_generation_prompt)` renders conversational
+  templated, split, line} (KTO rows: {prompt, completion, label, split, line}, unpaired;
+  `pair_kto` pairs them); `render(messages, add_generation_prompt)` renders conversational
   rows. Bad rows raise (the first, with the count of the others) unless `skip_bad_rows`."""
   path = Path(path)
   records = read_records(path)
@@ -329,10 +335,8 @@ def parse_file(path: str | Path, *, skip_bad_rows: bool = False, render: Callabl
       bad.append(f'{path}:{line}: {e}')
   counts = {'rows': len(records), 'bad_rows': len(bad)}
   _report_bad(bad, skip_bad_rows, log, path, 'fix them')
-  if fmt == 'kto':
-    rows, counts['kto_unpaired_rows'] = pair_kto(rows)
   if not rows:
-    raise PreferenceFileError(f'{path}: no preference pair in the file ({fmt} format)')
+    raise PreferenceFileError(f'{path}: no valid row in the file ({fmt} format)')
   return fmt, rows, counts
 
 
@@ -426,6 +430,29 @@ def make_encoder(tok, specials: dict[str, int]) -> Callable[[str, bool], list[in
   return encode
 
 
+def _prompt_ids(text, templated: bool, encode: Callable, bos_id: int,
+                max_prompt_tokens: int) -> tuple[list[int], bool]:
+  """(<bos> + the prompt's ids, cut?): the end of a prompt is what the response follows, so a
+  long one keeps its last tokens, with the <bos> still its first."""
+  ids = encode(text, templated)
+  if not ids or ids[0] != bos_id:
+    ids = [bos_id] + ids
+  if len(ids) <= max_prompt_tokens:
+    return ids, False
+  return [bos_id] + ids[len(ids) - max_prompt_tokens + 1:], True
+
+
+def _response_ids(text, templated: bool, encode: Callable, eos_id: int,
+                  max_response_tokens: int) -> tuple[list[int], bool]:
+  """(the response's ids + <eos>, cut?): a long response keeps its first tokens."""
+  ids = encode(text, templated)
+  if eos_id not in ids:
+    ids = ids + [eos_id]
+  if len(ids) <= max_response_tokens:
+    return ids, False
+  return ids[:max_response_tokens], True
+
+
 def tokenize_rows(rows: Sequence[dict], encode: Callable, *, bos_id: int, eos_id: int,
                   max_prompt_tokens: int, max_response_tokens: int, path: str,
                   skip_bad_rows: bool = False,
@@ -434,24 +461,14 @@ def tokenize_rows(rows: Sequence[dict], encode: Callable, *, bos_id: int, eos_id
   counts = collections.Counter()
   examples, bad = [], []
   for row in rows:
-    prompt = encode(row['prompt'], row['templated'])
-    if not prompt or prompt[0] != bos_id:
-      prompt = [bos_id] + prompt
-    cut = len(prompt) > max_prompt_tokens
-    if cut:
-      # The end of a prompt is what the response follows; the <bos> stays its first token.
-      prompt = [bos_id] + prompt[len(prompt) - max_prompt_tokens + 1:]
-      counts['truncated_prompts'] += 1
+    prompt, cut = _prompt_ids(row['prompt'], row['templated'], encode, bos_id, max_prompt_tokens)
+    counts['truncated_prompts'] += int(cut)
     sides = {}
     for side in ('chosen', 'rejected'):
-      ids = encode(row[side], row['templated'])
-      if eos_id not in ids:
-        ids = ids + [eos_id]
-      if len(ids) > max_response_tokens:
-        ids = ids[:max_response_tokens]
-        counts[f'truncated_{side}'] += 1
-        cut = True
-      sides[side] = ids
+      sides[side], side_cut = _response_ids(row[side], row['templated'], encode, eos_id,
+                                            max_response_tokens)
+      counts[f'truncated_{side}'] += int(side_cut)
+      cut = cut or side_cut
     if sides['chosen'] == sides['rejected']:
       bad.append(f'{path}:{row["line"]}: chosen and rejected are the same in their first '
                  f'{max_response_tokens} tokens (task.data.max_response_tokens): truncation '
@@ -465,6 +482,42 @@ def tokenize_rows(rows: Sequence[dict], encode: Callable, *, bos_id: int, eos_id
                                        'truncated_rejected')}
   stats['bad_after_truncation'] = len(bad)
   return examples, stats
+
+
+def tokenize_unpaired(rows: Sequence[dict], encode: Callable, *, bos_id: int, eos_id: int,
+                      max_prompt_tokens: int, max_response_tokens: int) -> tuple[list[dict], int]:
+  """(examples, rows cut) of unpaired KTO rows, stored in the pair schema of
+  `data.preference`: `chosen` holds the completion, `chosen_score` its label (1 desirable,
+  0 undesirable), `rejected` is empty. Truncated by the rule of `tokenize_rows`."""
+  examples, cut_rows = [], 0
+  for row in rows:
+    prompt, cut = _prompt_ids(row['prompt'], False, encode, bos_id, max_prompt_tokens)
+    completion, response_cut = _response_ids(row['completion'], False, encode, eos_id,
+                                             max_response_tokens)
+    cut_rows += int(cut or response_cut)
+    examples.append({'prompt': prompt, 'chosen': completion, 'rejected': [],
+                     'chosen_score': float(row['label']), 'rejected_score': 0.0,
+                     'split': row['split']})
+  return examples, cut_rows
+
+
+def assign_judge_split(rows: list[dict], *, fraction: float, seed: int, path: str) -> None:
+  """Moves a seeded `fraction` of the train split's distinct prompts to the split 'judge':
+  the data of the held-out judge, a second reward model no policy and no proxy reward model
+  sees (the gold/proxy split of Gao et al. 2022, arXiv 2210.10760 §2, here with both reward
+  models trained on disjoint halves of the same human data). By prompt, so that no prompt is
+  on both sides."""
+  prompts = sorted({_prompt_key(r) for r in rows if r['split'] == 'train'})
+  if len(prompts) < 2:
+    raise PreferenceFileError(f'{path}: {len(prompts)} distinct train prompt(s) cannot be split '
+                              'between the policies and the held-out judge')
+  n_judge = min(max(1, int(round(len(prompts) * fraction))), len(prompts) - 1)
+  # Another stream than the test split's (`assign_splits`), so the two cuts are independent.
+  rng = np.random.default_rng([seed, 1])
+  judge = {prompts[i] for i in rng.permutation(len(prompts))[:n_judge]}
+  for r in rows:
+    if r['split'] == 'train' and _prompt_key(r) in judge:
+      r['split'] = 'judge'
 
 
 def assign_splits(rows: list[dict], *, heldout_fraction: float, seed: int, path: str) -> None:
