@@ -4,6 +4,7 @@
     alignlab eval RUN_DIR [--recompute]
     alignlab plot RESULTS [--out FILE] [--method M ...] [--kind frontier|gap|win_rate]
     alignlab list
+    alignlab convert --from-hf HF_DIR --out MODEL_DIR | --to-hf RUN_DIR|MODEL_DIR --out HF_DIR
 
 Every command takes --coordinator HOST:PORT --num-processes N --process-id I to run as one of
 N processes of one program (docs/multihost.md); on SLURM and TPU pods they are detected.
@@ -94,7 +95,39 @@ def build_parser() -> argparse.ArgumentParser:
   plot.add_argument('--method', action='append', default=[], help='only these methods (repeatable)')
   plot.add_argument('--kind', default='frontier', choices=('frontier', 'gap', 'win_rate'))
   sub.add_parser('list', help='list experiments and their variants', parents=common)
+  convert = sub.add_parser(
+      'convert', help='Hugging Face checkpoints in and out', parents=common,
+      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=CONVERT_EPILOG,
+      description='Convert between Hugging Face checkpoint directories (config.json + '
+                  '*.safetensors + tokenizer.json; GPT-2, Llama, Qwen2, Mistral) and alignlab '
+                  '(docs/pretrained.md).')
+  way = convert.add_mutually_exclusive_group(required=True)
+  way.add_argument('--from-hf', type=Path, metavar='HF_DIR',
+                   help='import: write an alignlab model dir (params checkpoint, model.json, '
+                        'tokenizer) at --out')
+  way.add_argument('--to-hf', type=Path, metavar='RUN_DIR|MODEL_DIR',
+                   help="export a run dir's trained policy (latest checkpoint), or a model dir "
+                        'of --from-hf, as a checkpoint transformers loads')
+  convert.add_argument('--out', type=Path, required=True, help='the directory to write (new)')
+  convert.add_argument('--reward-model', action='store_true',
+                       help="with --to-hf RUN_DIR (or the experiment's out dir): export the "
+                            "experiment's reward model instead, as a one-label "
+                            '*ForSequenceClassification')
   return parser
+
+
+CONVERT_EPILOG = """examples:
+  alignlab convert --from-hf gpt2 --out models/gpt2
+  alignlab convert --to-hf runs/imdb_frontier-tiny/dpo-beta0.1-seed0 --out exported/dpo
+  alignlab convert --to-hf runs/imdb_frontier-tiny --reward-model --out exported/rm
+  alignlab convert --to-hf models/gpt2 --out exported/gpt2   (bitwise the weights imported)
+
+A run dir is rebuilt as `alignlab eval --recompute` does: its experiment (experiment.json one
+level up) gives the model config and tokenizer, read from the stage cache (a missing stage is
+rebuilt), and the checkpoint the policy. Best-of-N runs hold no policy of their own; a
+reference (sft) run exports pi_ref. Transformers loads the result with AutoModelForCausalLM
+(or AutoModelForSequenceClassification for --reward-model; add alignlab_score_offset from its
+config.json to its scores)."""
 
 
 # ----------------------------------------------------------------------------- commands
@@ -202,6 +235,70 @@ def cmd_plot(args) -> int:
   return 0
 
 
+def _model_to_export(path: Path, reward_model: bool):
+  """(model config, graphdef, params, tokenizer or None, what it is) for `convert --to-hf`."""
+  from alignlab import hf, methods, pipeline, runs
+  if hf.is_model_dir(path):
+    if reward_model:
+      raise UsageError(f'--reward-model reads an experiment; {path} is a model dir of '
+                       '`alignlab convert --from-hf` (export it without --reward-model)')
+    cfg, graphdef, params, tok = hf.load_model_dir(path)
+    return cfg, graphdef, params, tok, f'the model in {path}'
+  run_dir = path
+  if reward_model and (path / 'experiment.json').is_file():  # an experiment's out dir
+    run_dir = next(iter(runs.run_dirs(path)), path / '<no run dir>')
+  if not (run_dir / 'config.json').is_file():
+    raise UsageError(f'{path} is neither a run dir of `alignlab run` (config.json, checkpoints/) '
+                     'nor a model dir of `alignlab convert --from-hf` (model.json)')
+  _, cfg = _experiment_of(run_dir)
+  record = json.loads((run_dir / 'config.json').read_text())
+  _, env = pipeline.setup(cfg, progress=False)
+  if reward_model:
+    rm = env['reward_model']()
+    return env['model_cfg'], rm.graphdef, rm.params, env.get('tokenizer'), 'the reward model'
+  spec = methods.METHODS[record['method']]
+  if spec['train'] is methods.best_of_n:
+    raise UsageError(f'{run_dir.name} is a Best-of-N run: it samples pi_ref and trains no policy '
+                     '(export the reference run instead)')
+  if spec['train'] is methods.reference:
+    return env['model_cfg'], env['graphdef'], env['ref_params'], env.get('tokenizer'), 'pi_ref'
+  step, params = methods.restore_policy(env, record['method'], run_dir, cfg)
+  return (env['model_cfg'], env['graphdef'], params, env.get('tokenizer'),
+          f'the policy of {run_dir.name} at step {step}')
+
+
+def cmd_convert(args) -> int:
+  from alignlab import hf
+  source = args.from_hf or args.to_hf
+  if not source.is_dir():
+    raise UsageError(f'{source} is not a directory')
+  if args.reward_model and args.from_hf:
+    raise UsageError('--reward-model goes with --to-hf (an imported classifier is a model dir '
+                     'like any other)')
+  if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+    raise UsageError(f'--out {args.out} already exists and is not empty; choose another or '
+                     'delete it')
+  try:
+    if args.from_hf:
+      cfg, _, params, tok = hf.load_pretrained(source)
+      if args.out.exists():
+        args.out.rmdir()  # an empty dir: written whole, by a rename
+      hf.save_model_dir(args.out, cfg, params, tok, source=str(source))
+      kind = 'reward model' if 'w_head' in params else 'causal LM'
+      print(f'{args.out}: alignlab {kind} ({hf.family_of(cfg)}: {cfg.n_layers} layers, d_model '
+            f'{cfg.d_model}, vocab {cfg.vocab_size}, {cfg.param_dtype})'
+            + (' and its tokenizer' if tok else ', no tokenizer'))
+      return 0
+    cfg, graphdef, params, tok, what = _model_to_export(source, args.reward_model)
+    hf.save_pretrained(args.out, cfg, graphdef, params, tok)
+  except hf.HFFormatError as e:
+    raise UsageError(str(e)) from None
+  config = json.loads((args.out / hf.CONFIG).read_text())
+  print(f'{args.out}: {config["architectures"][0]} of {what}'
+        + ('' if tok else ' (no tokenizer)'))
+  return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   from alignlab import distributed
   from alignlab.artifacts import ArtifactError, user_io_error
@@ -233,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    source={'experiment': args.experiment, 'variant': args.variant,
                            'overrides': args.overrides}, progress=not args.quiet)
       return 0
-    return {'eval': cmd_eval, 'plot': cmd_plot}[args.command](args)
+    return {'eval': cmd_eval, 'plot': cmd_plot, 'convert': cmd_convert}[args.command](args)
   except (UsageError, ExperimentError, ConfigError, RunDirError, ArtifactError,
           TrainingDiverged) as e:
     message = ' '.join(str(e).split())  # one line, whatever the message held

@@ -15,6 +15,13 @@ import → export → import is bitwise. The mapping, per family (`_tensor_map`)
   output projection D×(H·K) (GPT-2: c_proj D×D)                             w_out H×K×D
   MLP up/gate F×D, down D×F (GPT-2: c_fc D×F, c_proj F×D)                   w_in, w_gate D×F; w_out F×D
   untied LM head V×D                                                        w_lm D×V
+  sequence-classification head `score` 1×D (no bias; reward models)        w_head D (× gain)
+
+Reward models and value functions (`ScalarModel`) are written as the family's
+`*ForSequenceClassification` with one label: its `score` is the scalar head with the gain
+folded in, and the constant the head adds (bias · gain + offset) goes to config.json as
+`alignlab_score_offset`, which transformers has no place for (its `score` has no bias): its
+scores are alignlab's minus that constant.
 
 RoPE: Hugging Face's Llama-family checkpoints store q/k in the rotate-half layout that
 `model.rope` uses, so no permutation is needed. Anything in `config.json` that alignlab's
@@ -35,10 +42,12 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from alignlab.config import ModelConfig
+from alignlab.artifacts import atomic_dir
+from alignlab.checkpoint import restore_params, save_params
+from alignlab.config import MeshConfig, ModelConfig, from_dict, to_dict
 from alignlab.data.tokenizer import CONFIG_FILENAME, FILENAME as TOKENIZER_FILENAME, Tokenizer
-from alignlab.heads import CausalLM
-from alignlab.sharding import abstract_model, param_shardings
+from alignlab.heads import CausalLM, ScalarModel
+from alignlab.sharding import abstract_model, make_mesh, param_shardings
 
 CONFIG = 'config.json'
 WEIGHTS = 'model.safetensors'
@@ -46,11 +55,15 @@ INDEX = 'model.safetensors.index.json'
 FAMILIES = ('gpt2', 'llama', 'qwen2', 'mistral')
 _ARCHITECTURES = {'gpt2': 'GPT2LMHeadModel', 'llama': 'LlamaForCausalLM',
                   'qwen2': 'Qwen2ForCausalLM', 'mistral': 'MistralForCausalLM'}
+_CLASSIFIERS = {'gpt2': 'GPT2ForSequenceClassification', 'llama': 'LlamaForSequenceClassification',
+                'qwen2': 'Qwen2ForSequenceClassification',
+                'mistral': 'MistralForSequenceClassification'}
 _DTYPES = {'float32': np.float32, 'bfloat16': ml_dtypes.bfloat16, 'float16': np.float16}
 # Buffers some checkpoints store beside the weights: GPT-2's causal-mask tables and older
 # Llama exports' RoPE frequencies. They are recomputed, never read.
 _BUFFER_SUFFIXES = ('.attn.bias', '.attn.masked_bias', '.rotary_emb.inv_freq')
 _MASKED_IDS_KEY = 'alignlab_masked_output_ids'  # not a transformers field; ignored by it
+_SCORE_OFFSET_KEY = 'alignlab_score_offset'  # likewise: the constant transformers' score lacks
 
 
 class HFFormatError(ValueError):
@@ -171,6 +184,19 @@ def config_from_hf(hf: dict, source: str = CONFIG) -> ModelConfig:
   return cfg
 
 
+def head_of(hf: dict, source: str = CONFIG) -> str:
+  """'lm' for a causal LM checkpoint, 'scalar' for a one-label sequence classifier (a reward
+  model, loaded as a `ScalarModel`)."""
+  architectures = hf.get('architectures') or []
+  if not any(str(a).endswith('ForSequenceClassification') for a in architectures):
+    return 'lm'
+  labels = len(hf.get('id2label') or {}) or hf.get('num_labels', 2)  # transformers' default: 2
+  if labels != 1:
+    raise HFFormatError(f'{source}: a sequence classifier with {labels} labels (id2label) is not '
+                        f'supported (alignlab reads one: a reward model or value function)')
+  return 'scalar'
+
+
 def family_of(cfg: ModelConfig) -> str:
   """The Hugging Face family whose architecture is exactly `cfg`'s."""
   if (cfg.positions, cfg.norm, cfg.mlp) == ('learned', 'layernorm', 'gelu'):
@@ -184,10 +210,12 @@ def family_of(cfg: ModelConfig) -> str:
                       f'qkv_bias={cfg.qkv_bias}, n_kv_heads={cfg.n_kv_heads}')
 
 
-def config_to_hf(cfg: ModelConfig, dtype: str) -> dict:
-  """The transformers `config.json` (a dict) of `cfg`; its weights are stored in `dtype`."""
+def config_to_hf(cfg: ModelConfig, dtype: str, head: str = 'lm') -> dict:
+  """The transformers `config.json` (a dict) of `cfg` with its `head` ('lm', or 'scalar': a
+  one-label sequence classifier); its weights are stored in `dtype`."""
   family = family_of(cfg)
-  out: dict[str, Any] = {'architectures': [_ARCHITECTURES[family]], 'model_type': family,
+  architecture = (_ARCHITECTURES if head == 'lm' else _CLASSIFIERS)[family]
+  out: dict[str, Any] = {'architectures': [architecture], 'model_type': family,
                          'vocab_size': cfg.vocab_size, 'tie_word_embeddings': cfg.tie_embeddings,
                          'torch_dtype': dtype, 'initializer_range': cfg.init_std}
   if family == 'gpt2':
@@ -213,6 +241,8 @@ def config_to_hf(cfg: ModelConfig, dtype: str) -> dict:
       out.update(use_sliding_window=False, sliding_window=None)
   if cfg.masked_output_ids:
     out[_MASKED_IDS_KEY] = list(cfg.masked_output_ids)
+  if head == 'scalar':
+    out.update(id2label={'0': 'LABEL_0'}, label2id={'LABEL_0': 0})
   return out
 
 
@@ -253,7 +283,7 @@ class _Tensor:
             for p in parts]
 
 
-def _tensor_map(cfg: ModelConfig) -> list[_Tensor]:
+def _tensor_map(cfg: ModelConfig, head: str = 'lm') -> list[_Tensor]:
   family = family_of(cfg)
   d, h, g, k, f, v = (cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim, cfg.ff_dim,
                       cfg.vocab_size)
@@ -306,7 +336,9 @@ def _tensor_map(cfg: ModelConfig) -> list[_Tensor]:
       add(ap + ('mlp', 'w_in'), hp + 'mlp.up_proj.weight', (f, d), (d, f), True)
       add(ap + ('mlp', 'w_out'), hp + 'mlp.down_proj.weight', (d, f), (f, d), True)
     add(('backbone', 'norm_final', 'scale'), 'model.norm.weight', (d,), (d,))
-  if not cfg.tie_embeddings:
+  if head == 'scalar':
+    add(('w_head',), 'score.weight', (1, d), (d,))
+  elif not cfg.tie_embeddings:
     add(('w_lm',), 'lm_head.weight', (v, d), (d, v), True)
   return out
 
@@ -346,7 +378,7 @@ def _weight_files(directory: Path) -> dict[str, Path]:
 
 def _strip_prefix(name: str, family: str) -> str:
   # Some GPT-2 checkpoints (the original `gpt2` upload among them) omit the `transformer.` prefix.
-  if family == 'gpt2' and not name.startswith(('transformer.', 'lm_head.')):
+  if family == 'gpt2' and not name.startswith(('transformer.', 'lm_head.', 'score.')):
     return 'transformer.' + name
   return name
 
@@ -367,7 +399,9 @@ def load_pretrained(directory: str | Path, *, dtype: str | None = None,
                     param_dtype: str | None = None, mesh: jax.sharding.Mesh | None = None
                     ) -> tuple[ModelConfig, Any, dict, Tokenizer | None]:
   """(model config, graphdef, params, tokenizer or None) of a Hugging Face checkpoint
-  directory; `nnx.merge(graphdef, params)` is a `CausalLM`.
+  directory; `nnx.merge(graphdef, params)` is a `CausalLM`, or a `ScalarModel` for a
+  one-label `*ForSequenceClassification` checkpoint (a reward model: its `score` is the head,
+  gain 1, and the offset `save_pretrained` recorded is the bias).
 
   `param_dtype` defaults to the dtype the weights are stored in (so an export writes the same
   bytes back) and `dtype`, the compute dtype, to `param_dtype`. With `mesh`, each parameter
@@ -377,14 +411,15 @@ def load_pretrained(directory: str | Path, *, dtype: str | None = None,
   directory = Path(directory)
   hf = _read_json(directory / CONFIG)
   cfg = config_from_hf(hf, str(directory / CONFIG))
+  head = head_of(hf, str(directory / CONFIG))
   files = _weight_files(directory)
   family = hf['model_type']
   by_name = {_strip_prefix(n, family): n for n in files}
-  tensors = _tensor_map(cfg)
+  tensors = _tensor_map(cfg, head)
   wanted = {n for t in tensors for n in t.names}
   for name in by_name:
-    if name in wanted or name.endswith(_BUFFER_SUFFIXES) or (cfg.tie_embeddings and
-                                                             name == 'lm_head.weight'):
+    if name in wanted or name.endswith(_BUFFER_SUFFIXES) or (
+        cfg.tie_embeddings and head == 'lm' and name == 'lm_head.weight'):
       continue
     raise HFFormatError(f'{files[by_name[name]]}: tensor {by_name[name]!r} has no place in a '
                         f'{family} model with this {CONFIG}')
@@ -413,18 +448,25 @@ def load_pretrained(directory: str | Path, *, dtype: str | None = None,
                             f'pass param_dtype (one of {", ".join(_DTYPES)})')
       param_dtype = stored_name
     cfg = dataclasses.replace(cfg, param_dtype=param_dtype, dtype=dtype or param_dtype)
-    graphdef, shapes, specs = abstract_model(lambda r: CausalLM(cfg, rngs=r))
+    model_cls = CausalLM if head == 'lm' else ScalarModel
+    graphdef, shapes, specs = abstract_model(lambda r: model_cls(cfg, rngs=r))
     shardings = param_shardings(specs, shapes, mesh) if mesh is not None else None
     params = jax.tree.map(lambda x: None, shapes)
-    for t in tensors:
-      value = t.to_alignlab([read(n, t) for n in t.names]).astype(_DTYPES[param_dtype])
-      assert value.shape == _get(shapes, t.path).shape, (t.path, value.shape)
+    constants = {}
+    if head == 'scalar':
+      offset = float(hf.get(_SCORE_OFFSET_KEY, 0.0))
+      constants = {'b_head': 0.0, 'gain': 1.0, 'bias': offset}
+    values = ([(t.path, lambda t=t: t.to_alignlab([read(n, t) for n in t.names])) for t in tensors]
+              + [((k,), lambda v=v: np.asarray(v)) for k, v in constants.items()])
+    for path, make in values:
+      value = make().astype(_DTYPES[param_dtype])
+      assert value.shape == _get(shapes, path).shape, (path, value.shape)
       if shardings is None:
         array = jax.device_put(value)
       else:
-        array = jax.make_array_from_callback(value.shape, _get(shardings, t.path),
+        array = jax.make_array_from_callback(value.shape, _get(shardings, path),
                                              lambda index, value=value: value[index])
-      _set(params, t.path, array)
+      _set(params, path, array)
 
   tokenizer = None
   if (directory / TOKENIZER_FILENAME).is_file():
@@ -437,21 +479,31 @@ def load_pretrained(directory: str | Path, *, dtype: str | None = None,
 
 def save_pretrained(directory: str | Path, cfg: ModelConfig, graphdef, params: dict,
                     tokenizer: Tokenizer | None = None) -> Path:
-  """Writes a `CausalLM`'s `config.json` + `model.safetensors` (+ `tokenizer.json` and
-  `tokenizer_config.json`) in the layout transformers loads; returns the directory.
+  """Writes a `CausalLM`'s or a `ScalarModel`'s `config.json` + `model.safetensors` (+
+  `tokenizer.json` and `tokenizer_config.json`) in the layout transformers loads; returns the
+  directory.
 
   Tensors are written in the parameters' dtype. A tied head writes no `lm_head.weight`
-  (transformers ties it to the embedding, as it does on save)."""
+  (transformers ties it to the embedding, as it does on save). A `ScalarModel` (reward model,
+  value function) is a one-label `*ForSequenceClassification`: `score` = head weights × gain,
+  and its constant bias · gain + offset is `alignlab_score_offset` in config.json (module
+  docstring). transformers reads the score at the last token that is not `pad_token_id`
+  (the tokenizer's pad token, written only where it has one), alignlab at the last token of
+  the attention mask: they agree where padding is the pad token and real tokens never are."""
   del graphdef  # the layout is cfg's; kept in the signature to mirror load_pretrained
-  if 'w_head' in params:
-    raise HFFormatError('save_pretrained exports a CausalLM; this is a ScalarModel (reward model '
-                        'or value function), which has no Hugging Face causal-LM layout')
+  head = 'scalar' if 'w_head' in params else 'lm'
+  extra = {}
+  if head == 'scalar':
+    get = lambda k: np.asarray(jax.device_get(params[k]))  # noqa: E731
+    # In the parameters' dtype, as the head computes it: score·h = (w·gain)·h.
+    params = {**params, 'w_head': get('w_head') * get('gain')}
+    extra[_SCORE_OFFSET_KEY] = float(get('b_head') * get('gain') + get('bias'))
   if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
     raise HFFormatError(f'the tokenizer has {tokenizer.vocab_size} tokens, more than the model\'s '
                         f'vocab_size={cfg.vocab_size}')
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  tensors = _tensor_map(cfg)
+  tensors = _tensor_map(cfg, head)
   arrays = {}
   dtype_name = None
   for t in tensors:
@@ -460,13 +512,74 @@ def save_pretrained(directory: str | Path, cfg: ModelConfig, graphdef, params: d
     for name, part in zip(t.names, t.to_hf(value)):
       arrays[name] = part
   save_file(arrays, str(directory / WEIGHTS), metadata={'format': 'pt'})
-  config = {**config_to_hf(cfg, dtype_name), **_special_token_ids(tokenizer)}
+  config = {**config_to_hf(cfg, dtype_name, head), **_special_token_ids(tokenizer), **extra}
   (directory / CONFIG).write_text(json.dumps(config, indent=2) + '\n')
   if tokenizer is not None:
-    tokenizer.save(directory)
-    names = tokenizer.special_token_names()
-    config = {'tokenizer_class': 'PreTrainedTokenizerFast',
-              'model_max_length': cfg.max_seq_len,
-              **{f'{role}_token': name for role, name in names.items() if name is not None}}
-    (directory / CONFIG_FILENAME).write_text(json.dumps(config, indent=2) + '\n')
+    _save_tokenizer(directory, tokenizer, cfg.max_seq_len)
   return directory
+
+
+def _save_tokenizer(directory: Path, tokenizer: Tokenizer, max_len: int) -> None:
+  """`tokenizer.json` + a `tokenizer_config.json` naming its special tokens (what both
+  transformers and `Tokenizer.load` read)."""
+  tokenizer.save(directory)
+  names = tokenizer.special_token_names()
+  config = {'tokenizer_class': 'PreTrainedTokenizerFast', 'model_max_length': max_len,
+            **{f'{role}_token': name for role, name in names.items() if name is not None}}
+  (directory / CONFIG_FILENAME).write_text(json.dumps(config, indent=2) + '\n')
+
+
+# ----------------------------------------------------------------------------- alignlab model dirs
+#
+# What `alignlab convert --from-hf` writes and `--to-hf` reads back: the parameters as an
+# alignlab (orbax) checkpoint, the model config, and the tokenizer, in a directory written
+# whole or not at all (`artifacts.atomic_dir`, with a manifest):
+#
+#     model.json       {"format": "alignlab-model", "head": "lm" | "scalar", "model": ModelConfig}
+#     params/          `checkpoint.save_params` (step 0), read with `checkpoint.restore_params`
+#     tokenizer.json   + tokenizer_config.json, where the model has a tokenizer
+
+MODEL_RECORD = 'model.json'
+_MODEL_FORMAT = 'alignlab-model'
+
+
+def is_model_dir(directory: str | Path) -> bool:
+  return (Path(directory) / MODEL_RECORD).is_file()
+
+
+def save_model_dir(directory: str | Path, cfg: ModelConfig, params: dict,
+                   tokenizer: Tokenizer | None = None, *, source: str = '') -> Path:
+  """Writes an alignlab model dir (above) at `directory`, which must not exist yet."""
+  directory = Path(directory)
+  if directory.exists():
+    raise HFFormatError(f'{directory} already exists; choose another --out or delete it')
+  record = {'format': _MODEL_FORMAT, 'head': 'scalar' if 'w_head' in params else 'lm',
+            'model': to_dict(cfg), 'source': source}
+  with atomic_dir(directory) as tmp:
+    (tmp / MODEL_RECORD).write_text(json.dumps(record, indent=1) + '\n')
+    save_params(tmp / 'params', params, record)
+    if tokenizer is not None:
+      _save_tokenizer(tmp, tokenizer, cfg.max_seq_len)
+  return directory
+
+
+def load_model_dir(directory: str | Path, *, mesh: jax.sharding.Mesh | None = None
+                   ) -> tuple[ModelConfig, Any, dict, Tokenizer | None]:
+  """(model config, graphdef, params, tokenizer or None) of an alignlab model dir, as
+  `load_pretrained` returns them; with `mesh`, in the declared shardings."""
+  directory = Path(directory)
+  record = _read_json(directory / MODEL_RECORD)
+  if record.get('format') != _MODEL_FORMAT or record.get('head') not in ('lm', 'scalar'):
+    raise HFFormatError(f'{directory / MODEL_RECORD}: not an alignlab model record (format '
+                        f'{record.get("format")!r}, head {record.get("head")!r})')
+  cfg = from_dict(ModelConfig, record['model'])
+  model_cls = CausalLM if record['head'] == 'lm' else ScalarModel
+  graphdef, shapes, specs = abstract_model(lambda r: model_cls(cfg, rngs=r))
+  if mesh is None:
+    mesh = make_mesh(MeshConfig.single(), jax.devices()[:1])
+  shardings = param_shardings(specs, shapes, mesh)
+  template = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          shapes, shardings)
+  params = restore_params(directory / 'params', template, record)
+  tokenizer = Tokenizer.load(directory) if (directory / TOKENIZER_FILENAME).is_file() else None
+  return cfg, graphdef, params, tokenizer

@@ -20,11 +20,12 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from alignlab import hf, sharding
+from alignlab import cli, hf, sharding
 from alignlab.config import ModelConfig, SamplingConfig
 from alignlab.data.tokenizer import Tokenizer
-from alignlab.heads import CausalLM
+from alignlab.heads import CausalLM, ScalarModel, embedding_from_lm, last_token_value
 from alignlab.sampling import sample
+from model_helpers import shared_prompt_rows
 
 FIXTURES = Path(__file__).parent / 'fixtures' / 'hf'
 FAMILIES = ('gpt2', 'llama', 'qwen2')
@@ -154,6 +155,67 @@ def test_export_of_an_alignlab_model_reimports(tmp_path):
                                 np.asarray(nnx.merge(graphdef2, params2)(ids, np.ones_like(ids))))
 
 
+def _reward_model(family, seed=0):
+  """A ScalarModel on a fixture's backbone with a random head, gain and offsets (none of them
+  0 or 1, so a dropped term shows)."""
+  cfg, _, lm_params, tok = hf.load_pretrained(FIXTURES / family)
+  mesh = sharding.make_mesh(sharding.MeshConfig.single(), jax.devices()[:1])
+  graphdef, params = sharding.init_params(lambda r: ScalarModel(cfg, rngs=r), mesh,
+                                          jax.random.key(seed))
+  params = {**embedding_from_lm(lm_params, params), 'b_head': np.float32(0.3),
+            'gain': np.float32(1.7), 'bias': np.float32(0.45)}
+  return cfg, graphdef, jax.tree.map(jax.numpy.asarray, params), tok
+
+
+def _scores(graphdef, params, tokens, mask):
+  return np.asarray(last_token_value(nnx.merge(graphdef, params)(tokens, mask), mask))
+
+
+def test_reward_model_export_round_trips(family, tmp_path):
+  """A ScalarModel exports as a one-label *ForSequenceClassification (score = head × gain,
+  the constant in alignlab_score_offset), imports back to the same scores, and a second
+  export writes the first one's bytes; the backbone's tensors are the fixture's."""
+  cfg, graphdef, params, tok = _reward_model(family)
+  hf.save_pretrained(tmp_path / 'rm', cfg, graphdef, params, tok)
+  config = json.loads((tmp_path / 'rm' / 'config.json').read_text())
+  assert config['architectures'][0].endswith('ForSequenceClassification')
+  assert config['id2label'] == {'0': 'LABEL_0'}
+  np.testing.assert_allclose(config['alignlab_score_offset'], 0.3 * 1.7 + 0.45, rtol=1e-6)
+  exported = _tensors(tmp_path / 'rm' / 'model.safetensors')
+  assert exported['score.weight'].shape == (1, cfg.d_model) and 'lm_head.weight' not in exported
+  np.testing.assert_array_equal(exported['score.weight'][0],
+                                np.asarray(params['w_head']) * np.float32(1.7))
+  for name, value in _tensors(FIXTURES / family / 'model.safetensors').items():
+    if name != 'lm_head.weight':
+      assert value.tobytes() == exported[name].tobytes(), name
+  cfg2, graphdef2, params2, _ = hf.load_pretrained(tmp_path / 'rm')
+  assert cfg2 == cfg and set(params2) == set(params)
+  tokens, mask, _ = shared_prompt_rows(cfg.vocab_size, 4, 5)
+  expected = _scores(graphdef, params, tokens, mask)
+  assert np.abs(expected).min() > 1e-3
+  np.testing.assert_allclose(_scores(graphdef2, params2, tokens, mask), expected, atol=1e-5, rtol=0)
+  hf.save_pretrained(tmp_path / 'rm2', cfg2, graphdef2, params2, tok)
+  again = _tensors(tmp_path / 'rm2' / 'model.safetensors')
+  assert set(again) == set(exported)
+  assert all(again[n].tobytes() == exported[n].tobytes() for n in exported)
+  assert json.loads((tmp_path / 'rm2' / 'config.json').read_text()) == config
+
+
+def test_reward_model_fixtures_match_transformers(tmp_path):
+  """tests/fixtures/hf/<family>_reward/: one-label sequence classifiers transformers wrote,
+  with its scores on padded rows (golden.json); alignlab reads the same scores."""
+  for family in ('gpt2', 'llama'):
+    directory = FIXTURES / f'{family}_reward'
+    golden = json.loads((directory / 'golden.json').read_text())
+    _, graphdef, params, _ = hf.load_pretrained(directory)
+    assert 'w_head' in params
+    tokens = np.asarray(golden['token_ids'], np.int32)
+    mask = (tokens != golden['pad_token_id']).astype(np.int32)
+    scores = _scores(graphdef, params, tokens, mask)
+    np.testing.assert_allclose(scores, np.asarray(golden['scores']), atol=1e-4, rtol=0)
+    assert np.ptp(np.asarray(golden['scores'])) > 0.1  # rows differ: a misread row would show
+
+
 def test_sharded_checkpoint_and_missing_shard(tmp_path):
   directory = _copy('llama', tmp_path)
   tensors = _tensors(directory / 'model.safetensors')
@@ -258,7 +320,7 @@ import os, sys, json
 os.environ['XLA_FLAGS'] = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
 import jax, numpy as np
 from flax import nnx
-from alignlab import hf, sharding
+from alignlab import cli, hf, sharding
 mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=2, tensor=2))
 cfg, graphdef, params, _ = hf.load_pretrained(sys.argv[1], mesh=mesh)
 golden = json.loads(open(os.path.join(sys.argv[1], 'golden.json')).read())
@@ -309,3 +371,82 @@ def test_config_and_naming_variants_load_the_same_model(tmp_path):
   renamed['h.0.attn.bias'] = np.tril(np.ones((1, 1, 32, 32), np.float32))
   save_file(renamed, str(legacy / 'model.safetensors'), metadata={'format': 'pt'})
   assert _logits_error(legacy, 'gpt2') <= 1e-4
+
+
+def _cli_error(capsys, argv) -> str:
+  assert cli.main(argv) == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('alignlab: error: '), lines
+  return lines[0]
+
+
+@pytest.mark.parametrize('fixture', ['qwen2', 'llama_reward'])
+def test_convert_from_hf_and_back_is_bitwise(fixture, tmp_path, capsys):
+  """`alignlab convert --from-hf` writes an alignlab model dir (orbax params, model.json,
+  tokenizer) that `hf.load_model_dir` reads as `load_pretrained` does; `--to-hf` of it writes
+  the tensors transformers wrote, byte for byte."""
+  model_dir, out = tmp_path / 'model', tmp_path / 'hf'
+  assert cli.main(['convert', '--from-hf', str(FIXTURES / fixture), '--out', str(model_dir)]) == 0
+  assert str(model_dir) in capsys.readouterr().out
+  assert hf.is_model_dir(model_dir) and (model_dir / 'params').is_dir()
+  cfg, graphdef, params, tok = hf.load_pretrained(FIXTURES / fixture)
+  cfg2, graphdef2, params2, tok2 = hf.load_model_dir(model_dir)
+  assert cfg2 == cfg and (tok2 is None) == (tok is None)
+  assert jax.tree.structure(params2) == jax.tree.structure(params)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
+    assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+  assert cli.main(['convert', '--to-hf', str(model_dir), '--out', str(out)]) == 0
+  original, exported = (_tensors(d / 'model.safetensors') for d in (FIXTURES / fixture, out))
+  assert set(original) == set(exported)
+  assert all(original[n].tobytes() == exported[n].tobytes() for n in original)
+
+
+def test_convert_bad_paths_are_one_line_errors(tmp_path, capsys):
+  assert 'is not a directory' in _cli_error(
+      capsys, ['convert', '--from-hf', str(tmp_path / 'nope'), '--out', str(tmp_path / 'o')])
+  assert '--from-hf --to-hf is required' in _cli_error(capsys, ['convert', '--out', str(tmp_path)])
+  (tmp_path / 'full').mkdir()
+  (tmp_path / 'full' / 'x').write_text('')
+  assert 'already exists and is not empty' in _cli_error(
+      capsys, ['convert', '--from-hf', str(FIXTURES / 'gpt2'), '--out', str(tmp_path / 'full')])
+  assert 'neither a run dir' in _cli_error(
+      capsys, ['convert', '--to-hf', str(FIXTURES), '--out', str(tmp_path / 'o')])
+  line = _cli_error(capsys, ['convert', '--from-hf', str(tmp_path / 'full'), '--out',
+                             str(tmp_path / 'o')])
+  assert 'config.json: file not found' in line
+  assert not (tmp_path / 'o').exists()
+
+
+@pytest.mark.slow
+def test_convert_a_run_dir_to_hf(tmp_path, capsys):
+  """`--to-hf RUN_DIR` exports the checkpoint's policy (the params `restore_policy` reads, bit
+  for bit); a Best-of-N run is refused; `--reward-model` exports the experiment's reward model
+  as a sequence classifier with the same scores."""
+  from alignlab import methods, pipeline
+  out = tmp_path / 'runs'
+  overrides = ['--set', "methods=['dpo','best_of_n']", '--set', 'sweeps.dpo=[0.5]',
+               '--set', 'sweeps.best_of_n=[4]']
+  assert cli.main(['run', 'exact_frontier', '--variant', 'tiny', '--out', str(out), '--quiet']
+                  + overrides) == 0
+  run_dir = out / 'dpo-beta0.5-seed0'
+  assert cli.main(['convert', '--to-hf', str(run_dir), '--out', str(tmp_path / 'dpo')]) == 0
+  assert 'GPT2LMHeadModel of the policy of dpo-beta0.5-seed0 at step' in capsys.readouterr().out
+  cfg = pipeline.make_config(pipeline.load_experiment('exact_frontier'), 'tiny', overrides[1::2])
+  _, env = pipeline.setup(cfg, progress=False)
+  _, expected = methods.restore_policy(env, 'dpo', run_dir, cfg)
+  cfg2, _, params, tok = hf.load_pretrained(tmp_path / 'dpo')
+  assert cfg2 == env['model_cfg'] and tok is None  # the exact task has no text tokenizer
+  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(params)):
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+  assert not all(np.array_equal(np.asarray(a), np.asarray(b))  # trained: not π_ref's
+                 for a, b in zip(jax.tree.leaves(env['ref_params']), jax.tree.leaves(params)))
+  assert 'Best-of-N run' in _cli_error(capsys, ['convert', '--to-hf', str(out / 'best_of_n-n4-seed0'),
+                                                '--out', str(tmp_path / 'bon')])
+  assert cli.main(['convert', '--to-hf', str(out), '--reward-model', '--out',
+                   str(tmp_path / 'rm')]) == 0
+  rm = env['reward_model']()
+  _, graphdef, rm_params, _ = hf.load_pretrained(tmp_path / 'rm')
+  tokens = np.asarray([[1, 2, 3, 4], [0, 4, 3, 2]], np.int32) % cfg2.vocab_size
+  mask = np.ones_like(tokens)
+  np.testing.assert_allclose(_scores(graphdef, rm_params, tokens, mask),
+                             _scores(rm.graphdef, rm.params, tokens, mask), atol=1e-5, rtol=0)

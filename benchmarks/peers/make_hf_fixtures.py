@@ -2,22 +2,27 @@
 checks that `transformers` loads alignlab's exports.
 
 Run in the peers' environment (torch + transformers + tokenizers + safetensors; never a
-dependency of alignlab):
+dependency of alignlab; `benchmarks/peers/setup.sh` creates it):
 
-    python3 -m venv /tmp/peers-venv && /tmp/peers-venv/bin/pip install torch==2.13.0 \
-        && /tmp/peers-venv/bin/pip install transformers safetensors tokenizers
-    HF_HUB_OFFLINE=1 /tmp/peers-venv/bin/python benchmarks/peers/make_hf_fixtures.py
+    bash benchmarks/peers/setup.sh
+    HF_HUB_OFFLINE=1 benchmarks/peers/.venv/bin/python benchmarks/peers/make_hf_fixtures.py
 
 For each family it builds a tiny seeded random model (GPT-2; Llama with grouped-query attention,
 an untied head and Llama-3 RoPE scaling; Qwen2 with q/k/v biases and a tied head), randomizes
 the norm weights and biases too (transformers initializes them to 1 and 0, which would hide a
 misplaced bias or norm), and `save_pretrained`s it into tests/fixtures/hf/<family>/ with a tiny
 tokenizer trained here, plus golden.json: the model's float32 logits on fixed token ids and its
-greedy continuation of fixed prompts.
+greedy continuation of fixed prompts. For GPT-2 and Llama it also writes <family>_reward/: the
+same architecture as a one-label `*ForSequenceClassification` (a reward model) with its scores
+on padded rows (pad id 0; explicit position ids, which transformers otherwise counts from the
+first column even past left padding).
 
 Then, with alignlab's own environment (`--alignlab-python`, default .venv/bin/python), it
 imports each fixture and exports it again, and exports a model alignlab initialized itself;
-`transformers` must load both exports and reproduce the logits (≤ 1e-4).
+`transformers` must load both exports and reproduce the logits (≤ 1e-4). Likewise for reward
+models: the reward fixtures re-exported, and a `ScalarModel` alignlab built on each fixture's
+backbone (random head, gain and offsets), whose transformers scores plus the exported
+`alignlab_score_offset` must equal alignlab's (≤ 1e-4).
 """
 
 from __future__ import annotations
@@ -88,6 +93,45 @@ def make_tokenizer(specials, names):
     tok.add_special_tokens(specials)  # after training: the special tokens take the last ids
     assert tok.get_vocab_size() <= VOCAB, tok.get_vocab_size()
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, **names)
+
+
+REWARD_FAMILIES = ("gpt2", "llama")
+PAD = 0  # the reward fixtures' pad id; their real tokens are drawn from [1, VOCAB)
+
+
+def padded_rows(seed):
+    """(ids, attention mask, position ids) of 3 rows of 10: full, right-padded by 3, left-padded
+    by 2 and right-padded by 1."""
+    ids = np.random.default_rng(seed).integers(1, VOCAB, (3, 10))
+    ids[1, 7:] = PAD
+    ids[2, :2] = PAD
+    ids[2, 9:] = PAD
+    mask = (ids != PAD).astype(np.int64)
+    positions = np.maximum(np.cumsum(mask, -1) - 1, 0)
+    return ids, mask, positions
+
+
+def scores_of(model, seed):
+    ids, mask, positions = (torch.tensor(a) for a in padded_rows(seed))
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, 0].float().numpy()
+
+
+def write_reward_fixture(family, cfg, seed):
+    cfg = cfg.__class__.from_dict({**cfg.to_dict(), "num_labels": 1, "pad_token_id": PAD})
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForSequenceClassification.from_config(cfg).eval().float()
+    randomize_norms_and_biases(model, seed)
+    directory = OUT / f"{family}_reward"
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    golden = {"transformers_version": transformers.__version__, "torch_version": torch.__version__,
+              "pad_token_id": PAD, "token_ids": padded_rows(seed)[0].tolist(),
+              "scores": [float(f"{x:.9g}") for x in scores_of(model, seed)]}
+    (directory / "golden.json").write_text(json.dumps(golden) + "\n")
+    size = sum(p.stat().st_size for p in directory.iterdir())
+    print(f"{family}_reward: {directory.relative_to(REPO)} {size / 1024:.0f} KB", file=sys.stderr)
+    assert size < 200 * 1024, size
 
 
 def randomize_norms_and_biases(model, seed):
@@ -163,6 +207,21 @@ for family in sys.argv[3:]:
   ids = np.asarray(json.loads((fixtures / family / 'golden.json').read_text())['token_ids'])
   logits = nnx.merge(graphdef, params)(ids, np.ones_like(ids))
   np.save(out / f'{family}-native' / 'alignlab_logits.npy', np.asarray(logits))
+from alignlab.heads import ScalarModel, embedding_from_lm, last_token_value
+for family in ('gpt2', 'llama'):
+  cfg, graphdef, params, tok = hf.load_pretrained(fixtures / f'{family}_reward')
+  hf.save_pretrained(out / f'{family}_reward-roundtrip', cfg, graphdef, params, tok)
+  cfg, _, lm_params, tok = hf.load_pretrained(fixtures / family)
+  mesh = sharding.make_mesh(sharding.MeshConfig.single(), jax.devices()[:1])
+  graphdef, params = sharding.init_params(lambda r: ScalarModel(cfg, rngs=r), mesh, jax.random.key(3))
+  params = {**embedding_from_lm(lm_params, params), 'b_head': jax.numpy.float32(0.3),
+            'gain': jax.numpy.float32(1.7), 'bias': jax.numpy.float32(0.45)}
+  hf.save_pretrained(out / f'{family}_reward-native', cfg, graphdef, params, tok)
+  golden = json.loads((fixtures / f'{family}_reward' / 'golden.json').read_text())
+  ids = np.asarray(golden['token_ids'])
+  mask = (ids != golden['pad_token_id']).astype(np.int32)
+  scores = last_token_value(nnx.merge(graphdef, params)(ids, mask), mask)
+  np.save(out / f'{family}_reward-native' / 'alignlab_scores.npy', np.asarray(scores))
 """
 
 
@@ -184,6 +243,24 @@ def check_exports(alignlab_python, families):
                 print(f"{family} {kind} export: transformers loads it, max |Δlogits| = {err:.2e}",
                       file=sys.stderr)
                 assert err <= 1e-4, (family, kind, err)
+        for seed, family in enumerate(REWARD_FAMILIES):
+            golden = json.loads((OUT / f"{family}_reward" / "golden.json").read_text())
+            for kind in ("roundtrip", "native"):
+                directory = Path(tmp) / f"{family}_reward-{kind}"
+                config = json.loads((directory / "config.json").read_text())
+                model = transformers.AutoModelForSequenceClassification.from_pretrained(directory).eval()
+                assert model.num_labels == 1, model.num_labels
+                # Which id pads the rows is the caller's to say (the native export has the
+                # fixture tokenizer's pad token, or none).
+                model.config.pad_token_id = golden["pad_token_id"]
+                expected = (np.asarray(golden["scores"]) if kind == "roundtrip"
+                            else np.load(directory / "alignlab_scores.npy"))
+                offset = config.get("alignlab_score_offset", 0.0)
+                err = np.abs(scores_of(model, seed) + offset - expected).max()
+                print(f"{family} reward {kind} export: transformers loads it "
+                      f"({config['architectures'][0]}, offset {offset:.4g}), "
+                      f"max |Δscore| = {err:.2e}", file=sys.stderr)
+                assert err <= 1e-4, (family, kind, err)
 
 
 def main():
@@ -194,6 +271,8 @@ def main():
     torch.set_num_threads(2)
     for seed, (family, cfg) in enumerate(configs().items()):
         write_fixture(family, cfg, seed)
+    for seed, family in enumerate(REWARD_FAMILIES):
+        write_reward_fixture(family, configs()[family], seed)
     if not args.skip_export_check:
         check_exports(args.alignlab_python, list(TOKENIZERS))
 
