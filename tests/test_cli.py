@@ -81,7 +81,7 @@ def test_run_end_to_end_with_overrides_resume_eval_and_plot(capsys, tmp_path):
   assert (run_dir / 'metrics.jsonl').read_text() == metrics
   # Another config in the same out dir would mix two experiments: refused, in one line.
   line = _error(capsys, ['run', 'exact_frontier', '--variant', 'tiny', '--out', str(out),
-                         '--set', 'train.steps=5'] + SMALL)
+                         '--quiet', '--set', 'train.steps=5'] + SMALL)
   assert 'another config' in line and 'train.steps' in line
   # A changed evaluation setting recomputes what it affects (here every run), and frontier.csv.
   assert len(pd.read_csv(out / 'frontier.csv')) != 5
