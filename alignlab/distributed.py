@@ -3,6 +3,7 @@
     distributed.initialize(coordinator, num_processes, process_id)   # first, before any JAX work
     distributed.is_writer()        # process 0: the one that writes results, logs, run dirs
     distributed.to_host(tree)      # numpy copies of (possibly cross-process) sharded arrays
+    distributed.put_rows(host, like)  # host rows (B, ...) split over the batch as `like` is
     distributed.put(host, sharding)  # a global array from the whole host value, on any mesh
     distributed.reshard(tree, shardings)  # `jax.device_put`, for arrays across processes too
     distributed.agree(flag)        # process 0's bool, the same on every process
@@ -47,6 +48,29 @@ def _cluster_detected() -> bool:
   return False
 
 
+HEARTBEAT_ENV = 'ALIGNLAB_HEARTBEAT_TIMEOUT'
+
+
+def _timeouts() -> dict:
+  """How long the others wait for a process that died. JAX's coordination service declares a
+  process dead once it has sent no heartbeat for `heartbeat_timeout_seconds` (100 by default)
+  and then aborts every other process ("Terminating process because the JAX distributed
+  service detected fatal errors ... another task died"), whatever collective it waits in; so
+  that bound is the whole wait. $ALIGNLAB_HEARTBEAT_TIMEOUT (seconds) sets it: shorter ends a
+  dead job sooner, but a process stalled longer than that (swapping, a long host pause) is
+  then taken for dead."""
+  value = os.environ.get(HEARTBEAT_ENV)
+  if not value:
+    return {}
+  try:
+    seconds = int(value)
+  except ValueError:
+    seconds = 0
+  if seconds < 1:
+    raise ValueError(f'${HEARTBEAT_ENV}={value!r}: expected a whole number of seconds ≥ 1')
+  return {'heartbeat_timeout_seconds': seconds}
+
+
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
                process_id: int | None = None) -> bool:
   """Joins the processes of one program; returns whether this process is one of several.
@@ -76,6 +100,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     return jax.process_count() > 1
   if 'jax_cpu_collectives_implementation' in jax.config.values:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  kwargs.update(_timeouts())
   jax.distributed.initialize(**kwargs)
   return jax.process_count() > 1
 
@@ -162,7 +187,16 @@ def reshard(tree: Any, shardings: Any) -> Any:
     return jax.jit(lambda t: t, out_shardings=shardings)(tree)
   return jax.tree.map(
       lambda x, s: jax.jit(lambda y: y, out_shardings=s)(x) if _is_global(x)
-      else put(np.asarray(x), s), tree, shardings)
+      else _put_local(x, s), tree, shardings)
+
+
+def _put_local(x: Any, sharding) -> jax.Array:
+  """`put` of a host value or of this process's array; a typed PRNG key (which NumPy cannot
+  hold) through its raw key data."""
+  if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    data = put(np.asarray(jax.random.key_data(x)), sharding)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+  return put(np.asarray(x), sharding)
 
 
 def _leaf_to_host(x: Any) -> Any:
@@ -172,6 +206,21 @@ def _leaf_to_host(x: Any) -> Any:
     return np.asarray(x.addressable_data(0))
   from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def put_rows(value: Any, like: jax.Array) -> jax.Array:
+  """The host array `value` (B, ...), which every process computed whole and the same (a gold
+  reward of gathered samples), as a device array whose rows are split over the mesh as the
+  rows of `like` (B, ...) are, so that it meets `like` in one program. On one process (or
+  where `like` is this process's alone) `jnp.asarray`, as before there were several."""
+  if process_count() == 1 or not _is_global(like):
+    return jax.numpy.asarray(value)
+  from jax.sharding import NamedSharding, PartitionSpec
+  if not isinstance(like.sharding, NamedSharding):
+    raise TypeError(f'put_rows needs an array laid out on a mesh, got {like.sharding}')
+  spec = like.sharding.spec
+  rows = PartitionSpec(spec[0] if len(spec) else None)
+  return put(np.asarray(value), NamedSharding(like.sharding.mesh, rows))
 
 
 def to_host(tree: Any) -> Any:

@@ -32,6 +32,12 @@ temperature 1: sample with `sampling.temperature=1`, no top-k / top-p, for them 
 unbiased. `objective` = gold_reward − β·kl. Device work is jitted with static shapes: prompts
 are left-padded to the longest prompt (or `prompt_len`) and batched by `batch_size`, the last
 batch filled with repeats that are dropped.
+
+On several processes (`alignlab/distributed.py`) every function here is called by all of
+them at once with the same arguments: device outputs are gathered to every process
+(`distributed.to_host`; on one process that is `jax.device_get`, no extra copy) before any
+host work, and the host gold reward scores every sample on every process, so each returns
+the numbers one process would.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from alignlab import distributed
 from alignlab.config import SamplingConfig
 from alignlab.logprobs import sequence_logprobs, sum_and_count, token_kl, token_logprobs
 from alignlab.losses.ppo import kl_k3
@@ -123,7 +130,7 @@ def sample_responses(graphdef, params, prompts: Sequence[Sequence[int]], key: ja
   for b, (index, n_real) in enumerate(fixed_batches(len(prompts), batch_size)):
     out = sample(graphdef, params, jnp.asarray(tokens_NxP[index]), jnp.asarray(mask_NxP[index]),
                  jax.random.fold_in(key, b), sampling)
-    yield index, n_real, jax.device_get(out)
+    yield index, n_real, distributed.to_host(out)
 
 
 def evaluate_sampled(graphdef, params, ref_params, prompts: Sequence[Sequence[int]],
@@ -135,8 +142,8 @@ def evaluate_sampled(graphdef, params, ref_params, prompts: Sequence[Sequence[in
   columns: dict[str, list] = {k: [] for k in ('gold', 'kl', 'k1', 'k3', 'length', 'proxy')}
   for index, n_real, out in sample_responses(graphdef, params, prompts, key, sampling,
                                              batch_size=batch_size, prompt_len=prompt_len):
-    terms = jax.device_get(sequence_kl_terms(graphdef, params, ref_params, out.tokens,
-                                             out.attention_mask, out.response_mask))
+    terms = distributed.to_host(sequence_kl_terms(graphdef, params, ref_params, out.tokens,
+                                                  out.attention_mask, out.response_mask))
     real = slice(0, n_real)
     for name in ('kl', 'k1', 'k3', 'length'):
       columns[name].append(np.asarray(terms[name])[real])
@@ -144,7 +151,8 @@ def evaluate_sampled(graphdef, params, ref_params, prompts: Sequence[Sequence[in
         [list(prompts[i]) for i in index[real]],
         _responses(out.tokens[real], out.response_mask[real])), np.float64))
     if proxy_reward is not None:
-      columns['proxy'].append(np.asarray(proxy_reward(out.tokens, out.attention_mask))[real])
+      columns['proxy'].append(np.asarray(distributed.to_host(
+          proxy_reward(out.tokens, out.attention_mask)))[real])
   col = {k: np.concatenate(v) if v else None for k, v in columns.items()}
   result = {**mean_stderr('gold_reward', col['gold']), **mean_stderr('kl', col['kl']),
             **mean_stderr('kl_k1', col['k1']), **mean_stderr('kl_k3', col['k3']),
@@ -221,6 +229,7 @@ def implicit_reward_accuracy(graphdef, params, ref_params, pairs: dict[str, np.n
   for index, n_real in fixed_batches(n, batch_size):
     c, r = _pair_implicit_rewards(graphdef, params, ref_params,
                                   {k: jnp.asarray(pairs[k][index]) for k in keys}, prompt_len)
+    c, r = distributed.to_host((c, r))
     first.append(np.asarray(c)[:n_real])
     second.append(np.asarray(r)[:n_real])
   out = implicit_accuracy_from_rewards(beta * jnp.asarray(np.concatenate(first)),
@@ -243,7 +252,8 @@ def best_of_n_samples(graphdef, ref_params, prompt_tokens_BxP, prompt_mask_BxP, 
   b = prompt_tokens_BxP.shape[0]
   out = sample(graphdef, ref_params, jnp.repeat(jnp.asarray(prompt_tokens_BxP), n, axis=0),
                jnp.repeat(jnp.asarray(prompt_mask_BxP), n, axis=0), key, sampling)
-  scores_BxN = np.asarray(score_fn(out.tokens, out.attention_mask, out.response_mask)).reshape(b, n)
+  scores_BxN = np.asarray(distributed.to_host(
+      score_fn(out.tokens, out.attention_mask, out.response_mask))).reshape(b, n)
   rows_B = np.arange(b) * n + scores_BxN.argmax(-1)
-  kept = jax.tree.map(lambda x: np.asarray(x)[rows_B], jax.device_get(out))
+  kept = jax.tree.map(lambda x: np.asarray(x)[rows_B], distributed.to_host(out))
   return kept, scores_BxN

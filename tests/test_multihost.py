@@ -6,11 +6,17 @@ devices (the same files, one copy each; results.csv within 1e-4; the same traini
 Twice: on the default mesh (data parallel, one DPO run: every output replicated), and with
 two DPO runs on `mesh.data=2 mesh.fsdp=4`, where the run axis is split between the processes
 (each holds one run's state; metrics are gathered across them) and the parameters over FSDP.
-The rest runs in this process: the start-up flags, the mesh errors, the one-writer gating."""
+The online methods the same way: PPO and GRPO on the tiny exact task, and
+`tests/multihost_worker.py` (the sampled evaluation of `evaluate.py`, PPO and RLOO iterations,
+on `mesh.fsdp=8`, where each rollout batch is split between the processes). One process killed
+mid-run: the other aborts within the heartbeat timeout, a rerun resumes. The rest runs in
+this process: the start-up flags, the mesh errors, the one-writer gating."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -90,20 +96,7 @@ MESHES = {  # name: (extra arguments, DPO runs)
 @pytest.mark.parametrize('mesh', list(MESHES))
 def test_two_processes_equal_one(tmp_path, mesh):
   extra, n_runs = MESHES[mesh]
-  command = COMMAND + extra
-  one, two = tmp_path / 'one', tmp_path / 'two'
-  t0 = time.perf_counter()
-  proc = _alignlab(command + ['--out', str(one)], _env(tmp_path / 'cache1', 8))
-  out, err = proc.communicate(timeout=600)
-  assert proc.returncode == 0, err[-3000:]
-  t_one = time.perf_counter() - t0
-
-  t0 = time.perf_counter()
-  outputs = _two(lambda i: command + ['--out', str(two)], tmp_path / 'cache2', timeout=600)
-  t_two = time.perf_counter() - t0
-  for rc, _, err in outputs:
-    assert rc == 0, err[-3000:]
-  print(f'1 process × 8 devices: {t_one:.0f} s; 2 processes × 4 devices: {t_two:.0f} s')
+  one, two, outputs = _one_and_two(COMMAND + extra, tmp_path, timeout=600)
 
   # One voice: process 0 prints the verdict and the plots, process 1 none of it (its stdout
   # holds gloo's own connection lines, interleaved by its threads).
@@ -137,6 +130,25 @@ def test_two_processes_equal_one(tmp_path, mesh):
   assert at_reference.sum() == len(trained)  # DPO's step 0: the only rows left out of those
 
 
+def _one_and_two(command, tmp_path: Path, timeout: int):
+  """`command` on one process of 8 fake devices into tmp_path/one, then on two of 4 into
+  tmp_path/two (each with a fresh stage cache); prints both wall times, returns the two out
+  dirs and the two processes' (returncode, stdout, stderr)."""
+  one, two = tmp_path / 'one', tmp_path / 'two'
+  t0 = time.perf_counter()
+  proc = _alignlab(command + ['--out', str(one)], _env(tmp_path / 'cache1', 8))
+  _, err = proc.communicate(timeout=timeout)
+  assert proc.returncode == 0, err[-3000:]
+  t_one = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  outputs = _two(lambda i: command + ['--out', str(two)], tmp_path / 'cache2', timeout=timeout)
+  for rc, _, err in outputs:
+    assert rc == 0, err[-3000:]
+  print(f'1 process × 8 devices: {t_one:.0f} s; 2 processes × 4 devices: '
+        f'{time.perf_counter() - t0:.0f} s')
+  return one, two, outputs
+
+
 def _two(args_of, cache: Path, timeout=300):
   """Runs two processes of 4 fake CPU devices, `args_of(i)` the arguments of process i;
   returns [(returncode, stdout, stderr)] once both have ended (or kills them at `timeout`)."""
@@ -154,6 +166,154 @@ def _two(args_of, cache: Path, timeout=300):
     for p in procs:
       if p.poll() is None:
         p.kill()
+
+
+def _numbers_equal(a, b, path=''):
+  """Every number of two JSON reports within 1e-5 (the same structure)."""
+  if isinstance(a, dict):
+    assert sorted(a) == sorted(b), path
+    for k in a:
+      _numbers_equal(a[k], b[k], f'{path}/{k}')
+  elif isinstance(a, list) and a and isinstance(a[0], dict):
+    assert len(a) == len(b), path
+    for i, (x, y) in enumerate(zip(a, b)):
+      _numbers_equal(x, y, f'{path}[{i}]')
+  else:
+    np.testing.assert_allclose(np.asarray(b, float), np.asarray(a, float), rtol=0, atol=1e-5,
+                               err_msg=path)
+
+
+def _metrics_equal(one: Path, two: Path, run: str) -> None:
+  """A run's metrics.jsonl of one process and of two: the same steps and keys, each number
+  within 1e-5 but the wall times (`time/*`)."""
+  a, b = runs.read_jsonl(one / run / 'metrics.jsonl'), runs.read_jsonl(two / run / 'metrics.jsonl')
+  assert [r['step'] for r in a] == [r['step'] for r in b] != [], run
+  for x, y in zip(a, b):
+    assert sorted(x) == sorted(y), run
+    _numbers_equal({k: v for k, v in x.items() if not k.startswith('time/')},
+                   {k: v for k, v in y.items() if not k.startswith('time/')}, run)
+
+
+def _worker(out: Path, devices: int, coordinator=None, process_id=None):
+  args = [sys.executable, str(ROOT / 'tests' / 'multihost_worker.py'), str(out), '[1, 8, 1]']
+  if coordinator is not None:
+    args += [coordinator, '2', str(process_id)]
+  env = _env(out / 'cache', devices)
+  # No persistent compilation cache: where one process found its programs there and the other
+  # compiled them, the two met at their first collective more than gloo's 30 s apart.
+  env.pop('JAX_COMPILATION_CACHE_DIR')
+  return subprocess.Popen(args, env=env, cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_online_methods_and_sampled_evaluation_on_two_processes_equal_one(tmp_path):
+  """`tests/multihost_worker.py` on `mesh.fsdp=8`, where the parameters and each rollout batch
+  are split between the two processes: the sampled evaluation (gold reward on the host, a
+  reward model's proxy reward, win rates, Best-of-N, implicit-reward accuracy) and two PPO and
+  two RLOO iterations give one process's numbers on both processes, and their run dirs hold
+  the same files, written once."""
+  one, two = tmp_path / 'one', tmp_path / 'two'
+  one.mkdir()
+  two.mkdir()
+  proc = _worker(one, 8)
+  _, err = proc.communicate(timeout=900)
+  assert proc.returncode == 0, err[-3000:]
+  port = _free_port()
+  procs = [_worker(two, 4, f'127.0.0.1:{port}', i) for i in range(2)]
+  try:
+    for p in procs:
+      _, err = p.communicate(timeout=900)
+      assert p.returncode == 0, err[-3000:]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  reference = json.loads((one / 'report-0.json').read_text())
+  for i in range(2):
+    _numbers_equal(reference, json.loads((two / f'report-{i}.json').read_text()))
+  # The host reward ran on every process over the gathered samples: the same scores on both.
+  assert (two / 'report-0.json').read_text() == (two / 'report-1.json').read_text()
+  assert reference['sampled']['n'] == 11 and len(reference['rloo']['policy']) > 1000
+  skip = {'report-1.json'}
+  assert [f for f in _files(two) if f not in skip and not f.startswith('cache/')] == [
+      f for f in _files(one) if not f.startswith('cache/')]
+  for run in ('ppo', 'rloo'):
+    _metrics_equal(one, two, run)
+    assert [r['step'] for r in runs.read_jsonl(two / run / 'metrics.jsonl')] == [1, 2]
+
+
+RL_COMMAND = ['run', 'exact_frontier', '--variant', 'tiny', '--set', "methods=['ppo','grpo']",
+              '--set', 'task.sft.steps=2', '--quiet']
+
+
+@pytest.mark.slow
+def test_rl_methods_on_two_processes_equal_one(tmp_path):
+  """PPO (learned reward model, value model, adaptive KL) and GRPO (the gold reward on the
+  host) on the tiny exact task: two processes of 4 devices write one process's out dir."""
+  one, two, _ = _one_and_two(RL_COMMAND, tmp_path, timeout=900)
+  assert _files(two) == _files(one)
+  trained = sorted(p.parent.name for p in one.glob('*/done.json'))
+  assert trained == ['grpo-beta0.3-seed0', 'ppo-kl_target1-seed0']
+  for run in trained:
+    _metrics_equal(one, two, run)
+  a, b = pd.read_csv(one / 'results.csv'), pd.read_csv(two / 'results.csv')
+  assert list(a.columns) == list(b.columns) and a[['method', 'step']].equals(b[['method', 'step']])
+  at_reference = (a['step'] == 0).to_numpy()  # π = π_ref: see NOISE_AT_REFERENCE
+  assert at_reference.sum() == 2 and len(a) == 4
+  for c in a.columns:
+    if pd.api.types.is_numeric_dtype(a[c]) and c != 'wall_s':
+      rows = ~at_reference if c in NOISE_AT_REFERENCE else np.ones(len(a), bool)
+      np.testing.assert_allclose(b[c][rows], a[c][rows], rtol=0, atol=1e-5, err_msg=c)
+
+
+HEARTBEAT_S = 20
+LONG_COMMAND = COMMAND + ['--set', "methods=['dpo']", '--set', 'train.steps=100', '--set',
+                          'train.save_every=10', '--set', 'train.eval_every=100']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('victim', [1, 0])
+def test_a_killed_process_ends_the_other_and_a_rerun_resumes(tmp_path, monkeypatch, victim):
+  """One of two processes killed mid-run (SIGKILL, once a checkpoint is saved): the other ends
+  with JAX's "another task died" abort, within the heartbeat timeout where process 1 died
+  (the coordinator, process 0, stops hearing it) and at once where process 0 died (its
+  coordination service goes with it); both rerun resume from the last checkpoint."""
+  monkeypatch.setenv(distributed.HEARTBEAT_ENV, str(HEARTBEAT_S))
+  out, cache = tmp_path / 'out', tmp_path / 'cache'
+  port = _free_port()
+  procs = [_alignlab([*LONG_COMMAND, '--out', str(out), '--coordinator', f'127.0.0.1:{port}',
+                      '--num-processes', '2', '--process-id', str(i)], _env(cache, 4))
+           for i in range(2)]
+  try:
+    t0 = time.perf_counter()
+    while not list(out.glob('dpo-*/checkpoints/*/state')):
+      assert procs[0].poll() is None and time.perf_counter() - t0 < 600, 'no checkpoint'
+      time.sleep(0.2)
+    procs[victim].kill()
+    t_kill = time.perf_counter()
+    _, err = procs[1 - victim].communicate(timeout=HEARTBEAT_S + 120)
+    waited = time.perf_counter() - t_kill
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  print(f'process {1 - victim} ended {waited:.1f} s after process {victim} was killed')
+  assert procs[1 - victim].returncode != 0
+  assert 'another task died' in err, err[-3000:]
+  assert waited < HEARTBEAT_S + 60
+  saved = sorted(int(p.name) for p in out.glob('dpo-*/checkpoints/*') if p.name.isdigit())
+  assert saved and saved[-1] < 100
+  # The rerun (progress bars on) starts its bar at the last checkpoint: it resumed there.
+  command = [a for a in LONG_COMMAND if a != '--quiet']
+  done = _two(lambda i: command + ['--out', str(out)], cache, timeout=600)
+  for rc, _, err in done:
+    assert rc == 0, err[-3000:]
+  shown = [int(n) for n in re.findall(r'(\d+)/100', done[0][2])]
+  assert shown and min(shown) == saved[-1] and max(shown) == 100, shown[:5]
+  steps = [r['step'] for r in runs.read_jsonl(next(out.glob('dpo-*/metrics.jsonl')))]
+  assert steps == list(range(1, 101))
+  assert list(out.glob('dpo-*/done.json'))
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from alignlab import distributed
 from alignlab.config import ConfigError, SamplingConfig
 from alignlab.heads import last_token_value
 from alignlab.logprobs import gather_logprobs, token_kl
@@ -150,14 +151,17 @@ def _forward(policy_graphdef, policy_params, ref_params, value_graphdef, value_p
   return logps_BxT, ref_logps_BxT, values_BxT, kl_BxT, entropy_BxT, scores_B
 
 
-def gold_scores(gold: GoldReward, tokens_BxT, attention_mask_BxT, response_mask_BxT) -> np.ndarray:
-  """Runs a host gold reward on a device batch; checks its output shape."""
-  host = jax.device_get((tokens_BxT, attention_mask_BxT, response_mask_BxT))
+def gold_scores(gold: GoldReward, tokens_BxT, attention_mask_BxT, response_mask_BxT) -> jax.Array:
+  """Runs a host gold reward on a device batch; checks its output shape. The batch is gathered
+  whole to every process (`distributed.to_host`: its rows may live on other processes'
+  devices), each computes the same scores of every row, and they go back split as the rows
+  of `tokens_BxT` are, ready to meet the device arrays of the rollout."""
+  host = distributed.to_host((tokens_BxT, attention_mask_BxT, response_mask_BxT))
   scores_B = np.asarray(gold(*(np.asarray(x) for x in host)), np.float32)
   if scores_B.shape != (tokens_BxT.shape[0],):
     raise ValueError(f'gold reward returned shape {scores_B.shape}, expected '
                      f'({tokens_BxT.shape[0]},)')
-  return scores_B
+  return distributed.put_rows(scores_B, tokens_BxT)
 
 
 def evaluate_samples(samples: SampleOutput, policy_graphdef, policy_params, ref_params,
@@ -183,10 +187,10 @@ def evaluate_samples(samples: SampleOutput, policy_graphdef, policy_params, ref_
       tokens_BxT, attention_mask_BxT, response_mask_BxT, prompt_len=prompt_len,
       temperature=float(temperature))
   if not learned:
-    scores_B = jnp.asarray(gold_scores(reward, tokens_BxT, attention_mask_BxT, response_mask_BxT))
+    scores_B = gold_scores(reward, tokens_BxT, attention_mask_BxT, response_mask_BxT)
     gold_B = scores_B
   elif gold is not None:
-    gold_B = jnp.asarray(gold_scores(gold, tokens_BxT, attention_mask_BxT, response_mask_BxT))
+    gold_B = gold_scores(gold, tokens_BxT, attention_mask_BxT, response_mask_BxT)
   else:
     gold_B = jnp.full(scores_B.shape, jnp.nan, jnp.float32)
   eos_B = has_eos(tokens_BxT, response_mask_BxT, eos_id)
@@ -231,7 +235,7 @@ def score_sequences(reward: RewardModel | GoldReward, tokens_BxT, attention_mask
     scores_B = _reward_model_scores_jit(reward.graphdef, reward.params, tokens_BxT,
                                         attention_mask_BxT)
   else:
-    scores_B = jnp.asarray(gold_scores(reward, tokens_BxT, attention_mask_BxT, response_mask_BxT))
+    scores_B = gold_scores(reward, tokens_BxT, attention_mask_BxT, response_mask_BxT)
   eos_B = has_eos(tokens_BxT, response_mask_BxT, eos_id)
   if no_eos_score is not None:
     if eos_id < 0:
