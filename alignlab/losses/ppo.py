@@ -56,6 +56,42 @@ def kl_k3(*, policy_logps: jax.Array, ref_logps: jax.Array,
 KL_ESTIMATORS: dict[str, Callable[..., jax.Array]] = {'k1': kl_k1, 'k2': kl_k2, 'k3': kl_k3}
 
 
+def kl_penalty_loss(*, logps: jax.Array, ref_logps: jax.Array, mask: jax.Array,
+                    estimator: str = 'k3', old_logps: jax.Array | None = None,
+                    ratio_correction: bool = False) -> tuple[jax.Array, Metrics]:
+  """The KL term of a loss that carries KL(π_θ‖π_ref) itself (GRPO, Shao et al. 2024, arXiv
+  2402.03300, Eq. 3–4) rather than through the reward, averaged over the `mask` weights:
+
+      ℓ_t = w_t · k(π_θ(y_t), π_ref(y_t)),   k ∈ {k1, k2, k3} (Schulman 2020)
+
+  with w_t = 1, or, with ratio_correction=True, the importance weight w_t = π_θ(y_t)/π_old(y_t)
+  of the sampling policy (DeepSeek-V3.2, 2025, §3.1 Eq. 7): E_{π_old}[w·k] = E_{π_θ}[k] as a
+  function of θ, so the gradient of the corrected k3 is an unbiased per-token estimate of
+  ∇KL even when the samples come from π_old; on-policy (π_θ = π_old) its gradient is
+  (log π_θ − log π_ref)·∇log π_θ, the same as k2's. Without the weight the gradient of k1 is
+  ∇log π_θ (zero in expectation: no pull towards π_ref at all), and k3's is
+  (1 − π_ref/π_θ)·∇log π_θ, whose expectation is the gradient of the other direction,
+  KL(π_ref‖π_θ) (Shah et al. 2025, arXiv 2512.21852, §3). These are per-token statements;
+  the sequence-level KL gradient also credits each token with the KL of the tokens after it,
+  which only KL in the reward (`per_token_rewards`) does.
+
+  `mask` holds the loss weights (response mask, or GRPO's 1/|y| per token). Metrics:
+  `kl/loss`, `kl/loss_sum` (with gradient), `kl/count`.
+  """
+  if estimator not in KL_ESTIMATORS:
+    raise ValueError(f'estimator={estimator!r}; expected one of {tuple(KL_ESTIMATORS)}')
+  values = KL_ESTIMATORS[estimator](policy_logps=logps, ref_logps=ref_logps, mask=mask)
+  if ratio_correction:
+    if old_logps is None:
+      raise ValueError('ratio_correction=True needs old_logps (the sampling policy)')
+    # The weight carries the gradient: that is what makes the estimate unbiased off-policy.
+    log_w = logps.astype(jnp.float32) - old_logps.astype(jnp.float32)
+    values = _apply_mask(jnp.exp(log_w) * values, mask)
+  loss, loss_sum, count = masked_sum_count(values, mask)
+  metrics = {'kl/loss': jax.lax.stop_gradient(loss), 'kl/loss_sum': loss_sum, 'kl/count': count}
+  return loss, metrics
+
+
 def masked_mean(x: jax.Array, mask: jax.Array, *, axis: int | tuple[int, ...] | None = None
                 ) -> jax.Array:
   """Σ x·m / Σ m over `axis` (all axes when None); 0 where the mask is empty. Masked entries
