@@ -199,6 +199,7 @@ def test_compare_rows(models):
   # Unbiased: the error is all variance.
   np.testing.assert_allclose(unbiased['mse_rel'], unbiased['var_rel'], rtol=1e-2, atol=1e-4)
   assert unbiased['cos_of_mean'] > unbiased['cos_mean'] > 0.5  # averaging draws helps
+  assert math.isnan(rows['loss_k1']['cos_expected'])  # its expectation is 0: no direction
   # Its per-draw variance falls like 1/n: four times the samples, a quarter of the variance.
   more = {r['estimator']: r for r in kg.compare(graphdef, policy, policy, ref, TASK, ref_logp,
                                                 jax.random.key(1), n=256, draws=64)}

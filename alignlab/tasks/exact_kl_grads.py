@@ -191,11 +191,13 @@ def compare(graphdef, params, old_params, ref_params, problem: em.ExactTaskConfi
 
       cos_mean, cos_std   cosine of one rollout batch's gradient with the exact one, over draws
       cos_expected        cosine of the estimator's expected gradient (enumerated) with the
-                          exact one: 1 for an unbiased estimator, whatever the variance
+                          exact one: 1 for an unbiased estimator, whatever the variance; NaN
+                          where the expectation is 0
       norm_expected       ‖expected‖ / ‖exact‖
       var_rel             E‖g − E g‖² / ‖exact‖², the variance of one batch's gradient
                           (around the enumerated expectation)
       mse_rel             E‖g − exact‖² / ‖exact‖² = (bias² + variance) / ‖exact‖²
+      cos_of_mean         cosine of the mean gradient over every draw (draws × n per prompt)
   """
   exact_g = np.asarray(exact_kl_gradient(graphdef, params, problem, ref_logp_PxY), np.float64)
   expected_Exn = np.asarray(expected_gradients(graphdef, params, old_params, ref_params, problem,
@@ -210,10 +212,13 @@ def compare(graphdef, params, old_params, ref_params, problem: em.ExactTaskConfi
     cos_D = np.asarray(stats['cos_DxE'][:, e], np.float64)
     mean_sq = float(np.mean(stats['sq_DxE'][:, e]))
     expected = expected_Exn[e]
+    norm_expected = float(np.linalg.norm(expected) / np.sqrt(exact_sq))
     rows.append({
         'estimator': name, 'cos_mean': float(cos_D.mean()), 'cos_std': float(cos_D.std()),
-        'cos_expected': _cosine(expected, exact_g),
-        'norm_expected': float(np.linalg.norm(expected) / np.sqrt(exact_sq)),
+        # An expectation that is 0 up to float32 rounding (k1 in the loss, on-policy) has no
+        # direction: NaN, not the cosine of the rounding error.
+        'cos_expected': _cosine(expected, exact_g) if norm_expected > 1e-5 else float('nan'),
+        'norm_expected': norm_expected,
         'var_rel': (mean_sq - 2 * float(mean_Exn[e] @ expected) + float(expected @ expected))
                    / exact_sq,
         'mse_rel': (mean_sq - 2 * float(mean_Exn[e] @ exact_g) + exact_sq) / exact_sq,
