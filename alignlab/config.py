@@ -282,8 +282,9 @@ def _parse_value(text: str) -> Any:
     return text
 
 
-def override(cfg: Any, key: str, value: Any) -> Any:
-  """Returns a copy of `cfg` with the dotted `key` set to `value` (coerced to the field type)."""
+def override(cfg: Any, key: str, value: Any, _section: str = '') -> Any:
+  """Returns a copy of `cfg` with the dotted `key` set to `value` (coerced to the field type).
+  Errors name the whole key (`_section`: the sections above `cfg`, for the recursion)."""
   parts = key.split('.')
   head, rest = parts[0], parts[1:]
   names = {f.name: f for f in dataclasses.fields(cfg)}
@@ -297,7 +298,7 @@ def override(cfg: Any, key: str, value: Any) -> Any:
     if not dataclasses.is_dataclass(current):
       raise ConfigError(f'config key {head!r} is a value, not a section; cannot set {key!r}')
     try:
-      new = override(current, '.'.join(rest), value)
+      new = override(current, '.'.join(rest), value, f'{_section}{head}.')
     except ConfigError as e:
       if str(e).startswith('unknown config key'):
         valid = [f'{head}.{k}' for k in _all_keys(current)]
@@ -309,7 +310,7 @@ def override(cfg: Any, key: str, value: Any) -> Any:
   hint = typing.get_type_hints(type(cfg))[head]
   if dataclasses.is_dataclass(current) and not isinstance(value, dict):
     raise ConfigError(f'config key {key!r} is a section; set one of its fields, e.g. {key}.{dataclasses.fields(current)[0].name}=...')
-  return dataclasses.replace(cfg, **{head: _coerce(hint, value, key)})
+  return dataclasses.replace(cfg, **{head: _coerce(hint, value, _section + key)})
 
 
 def apply_overrides(cfg: Any, overrides: list[str] | tuple[str, ...]) -> Any:

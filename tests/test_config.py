@@ -35,7 +35,7 @@ def test_unknown_key_names_key_and_suggestions():
 
 
 def test_bad_values():
-  with pytest.raises(ConfigError, match='expected an int'):
+  with pytest.raises(ConfigError, match='^model.d_model: expected an int'):  # the whole key
     apply_overrides(_Experiment(), ['model.d_model=abc'])
   with pytest.raises(ConfigError, match='key=value'):
     apply_overrides(_Experiment(), ['model.d_model'])
