@@ -19,10 +19,16 @@ Keys of an entry:
             the chosen responses)
   fixed     train_preference: loss hyperparameters held fixed (traced, like the swept one)
   ref_per_batch  train_preference: the loss runs π_ref per batch (KTO's reference point)
+  (a task's env may give `batches`, the class of its training batches: `fit.RunBatches` unless
+  it says otherwise, e.g. `batches.GrainBatches`)
+  unpaired  train_preference: where the task gives `env['unpaired']` (a file of KTO rows), train
+            on its single labelled examples with its `loss_fn`, not on pairs
   algorithm train_rl: 'ppo' | 'rloo' | 'grpo' (`train/ppo.py`)
   reward    train_rl: 'model' (the task's Bradley–Terry reward model) or 'gold'
   adaptive  train_rl: the swept value is the adaptive KL controller's target (Ziegler et al.
             2019, arXiv 1909.08593), else it is the fixed KL coefficient β
+  ppo       train_rl: `PPOConfig` fields held fixed, e.g. where the KL term goes and its
+            estimator ({'kl_penalty': 'loss', 'kl_estimator': 'k2'})
 
 A new preference loss is one function in `losses/preference.py` plus one entry here; a new
 RL algorithm one branch in `train/ppo.py` plus one entry.
@@ -125,6 +131,8 @@ def train_preference(env: dict, name: str, runs_: list[tuple[Any, int]], cfg, ou
   if spec['loss'] is None:  # Preferred-FT: NLL of the chosen responses
     loss_fn = sft.make_loss_fn(env['graphdef'], response_start=env['prompt_len'])
     data = sft.chosen_as_sft(env['pairs'])
+  elif spec.get('unpaired') and 'unpaired' in env:
+    loss_fn, data = env['unpaired']['loss_fn'], env['unpaired']['examples']
   else:
     loss_fn = preference.make_loss_fn(env['graphdef'], spec['loss'], prompt_len=env['prompt_len'])
     data = env['pairs']
@@ -155,7 +163,7 @@ def train_preference(env: dict, name: str, runs_: list[tuple[Any, int]], cfg, ou
   t0 = time.perf_counter()
   state_R, failed = fit_lib.fit_runs(
       loss_fn, env['ref_params'],
-      fit_lib.RunBatches(data, tc.batch_size, [runs_[i][1] for i in todo]),
+      env.get('batches', fit_lib.RunBatches)(data, tc.batch_size, [runs_[i][1] for i in todo]),
       fit_lib.stack_hparams([rows[i] for i in todo]) if rows[0] else {},
       optimizer=tc.resolved_optimizer(), n_steps=tc.steps, run_dirs=[dirs[i] for i in todo],
       configs=[_config(dirs[i]) for i in todo],
@@ -186,7 +194,7 @@ def _ppo_config(env: dict, rl: RLConfig, spec: dict, value: float, seed: int) ->
       kl_target=value if spec['adaptive'] else 6.0,
       kl_horizon=auto_kl_horizon(rl, max(rl.rollouts // k, 1) * k), kl_measure=rl.kl_measure,
       seed=seed,
-      save_every=rl.save_every or rl.eval_every)
+      save_every=rl.save_every or rl.eval_every, **spec.get('ppo', {}))
 
 
 def train_rl(env: dict, name: str, runs_: list[tuple[Any, int]], cfg, out_dir: Path,
@@ -335,7 +343,7 @@ METHODS: dict[str, dict] = {
     'cdpo': {'train': train_preference, 'loss': 'cdpo', 'hparam': 'beta', 'values': (0.1,),
              'fixed': {'label_smoothing': 0.1}, 'own_beta': True},
     'kto': {'train': train_preference, 'loss': 'kto', 'hparam': 'beta', 'values': (0.1,),
-            'own_beta': True, 'ref_per_batch': True},
+            'own_beta': True, 'ref_per_batch': True, 'unpaired': True},
     'simpo': {'train': train_preference, 'loss': 'simpo', 'hparam': 'beta', 'values': (2.0,),
               'fixed': {'gamma': 0.5}},
     'orpo': {'train': train_preference, 'loss': 'orpo', 'hparam': 'lambda_', 'values': (0.1,)},
@@ -351,6 +359,26 @@ METHODS: dict[str, dict] = {
              'hparam': 'beta', 'values': (0.05,), 'own_beta': True},
     'grpo': {'train': train_rl, 'algorithm': 'grpo', 'reward': 'gold', 'adaptive': False,
              'hparam': 'beta', 'values': (0.05,), 'own_beta': True},
+    # Where GRPO's KL term goes and its estimator (experiments/exact_kl_estimators.py): 'grpo'
+    # is k3 in the loss; `losses.ppo.kl_penalty_loss` says which gradient each one follows.
+    'grpo_kl_reward': {'train': train_rl, 'algorithm': 'grpo', 'reward': 'gold',
+                       'adaptive': False, 'hparam': 'beta', 'values': (0.05,), 'own_beta': True,
+                       'ppo': {'kl_penalty': 'reward'}},
+    'grpo_k1': {'train': train_rl, 'algorithm': 'grpo', 'reward': 'gold', 'adaptive': False,
+                'hparam': 'beta', 'values': (0.05,), 'own_beta': True,
+                'ppo': {'kl_estimator': 'k1'}},
+    'grpo_k2': {'train': train_rl, 'algorithm': 'grpo', 'reward': 'gold', 'adaptive': False,
+                'hparam': 'beta', 'values': (0.05,), 'own_beta': True,
+                'ppo': {'kl_estimator': 'k2'}},
+    'grpo_k3_ratio': {'train': train_rl, 'algorithm': 'grpo', 'reward': 'gold',
+                      'adaptive': False, 'hparam': 'beta', 'values': (0.05,), 'own_beta': True,
+                      'ppo': {'kl_estimator': 'k3', 'kl_ratio_correction': True}},
+    # The reward model at a fixed KL coefficient β: RLHF's arm of J_β at the β the DPO family
+    # optimizes (experiments/exact_data_size.py).
+    'ppo_fixed': {'train': train_rl, 'algorithm': 'ppo', 'reward': 'model', 'adaptive': False,
+                  'hparam': 'beta', 'values': (0.05,), 'own_beta': True},
+    'rloo_rm': {'train': train_rl, 'algorithm': 'rloo', 'reward': 'model', 'adaptive': False,
+                'hparam': 'beta', 'values': (0.05,), 'own_beta': True},
 }
 
 # `sweeps.<method>`: the values each method runs with (one field per METHODS entry, so a new

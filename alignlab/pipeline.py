@@ -43,7 +43,8 @@ from alignlab import methods as methods_lib
 from alignlab import distributed, plots, runs, sharding
 from alignlab.artifacts import write_text_atomic
 from alignlab import verdict as verdict_lib
-from alignlab.config import ConfigError, MeshConfig, apply_overrides, config_hash, to_dict
+from alignlab.config import (ConfigError, MeshConfig, _parse_value, apply_overrides, config_hash,
+                             to_dict)
 from alignlab.methods import METHODS, RLConfig, Sweeps, TrainConfig
 from alignlab.tasks import task_of
 
@@ -71,6 +72,10 @@ class ExperimentConfig:
   seeds: tuple[int, ...] = (0,)
   mesh: MeshConfig = MeshConfig()
   kl_budgets: tuple[float, ...] = verdict_lib.BUDGETS  # the verdict's KL budgets (nats)
+  # Whole pipelines over values that are no method's hyperparameter (a data size, a data
+  # seed): each point is `(name, 'key=value', ...)`, run with its overrides into OUT/<name>/
+  # (`run_grid`). Empty: one pipeline into OUT.
+  grid: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclasses.dataclass
@@ -275,6 +280,8 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, *, source: dict | None = Non
   writes results.csv, win_rates.csv, stages.json, the plots and summary.md. `source`
   ({experiment, variant, overrides}) is recorded in experiment.json for `alignlab eval`."""
   out_dir = Path(out_dir)
+  if cfg.grid:
+    return run_grid(cfg, out_dir, source=source, progress=progress, verbose=verbose)
   methods_lib.validate(cfg.methods, cfg.sweeps, cfg.train, cfg.rl)
   if out_dir.exists() and not out_dir.is_dir():
     raise ExperimentError(f'--out {out_dir} is a file; give a directory')
@@ -361,6 +368,69 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, *, source: dict | None = Non
           + f'; see failed.json in their run dirs under {out_dir}')
     return ExperimentResult(out_dir=out_dir, df=df, results_csv=results_csv, plots=figures,
                             table=table)
+
+
+def grid_points(cfg: ExperimentConfig) -> list[tuple[str, list[str], ExperimentConfig]]:
+  """(name, overrides, config) of each point of `cfg.grid`, checked before anything runs."""
+  names = [point[0] if point else '' for point in cfg.grid]
+  bad = [n for n in names if not n or n != Path(n).name or n.startswith('.')]
+  if bad or len(set(names)) != len(names):
+    raise ConfigError(f'grid: every point needs a distinct plain name first, got {names}')
+  base = dataclasses.replace(cfg, grid=())
+  return [(point[0], list(point[1:]), apply_overrides(base, list(point[1:]))) for point in cfg.grid]
+
+
+def run_grid(cfg: ExperimentConfig, out_dir: str | Path, *, source: dict | None = None,
+             progress: bool = True, verbose: bool = True) -> ExperimentResult:
+  """`run` of every point of `cfg.grid` into OUT/<name>/ (each resumes on its own; its
+  experiment.json records the point's overrides, so `alignlab eval` works inside it), then
+  OUT/results.csv: their tables stacked, with `grid_point` and one column per scalar key a
+  point sets (e.g. `task.pairs.pairs_per_prompt`), and OUT/grid.png: the task's BEST_BY
+  metric of each run's last point against the first numeric key that varies."""
+  out_dir = Path(out_dir)
+  points = grid_points(cfg)
+  for _, _, point_cfg in points:
+    methods_lib.validate(point_cfg.methods, point_cfg.sweeps, point_cfg.train, point_cfg.rl)
+  source = source or {'experiment': cfg.name, 'variant': None, 'overrides': []}
+  writer = distributed.is_writer()
+  frames, tables, t0 = [], [], time.perf_counter()
+  with runs.lock_dir(out_dir):  # one process per grid: two would race for its points
+    if writer:
+      runs.write_text(out_dir / 'experiment.json', json.dumps(
+          {**source, 'config_hash': config_hash(cfg), 'config': to_dict(cfg)}, indent=1,
+          default=str))
+    for name, overrides, point_cfg in points:
+      _log(progress and writer, cfg.name)(f'grid point {name}: {" ".join(overrides)}')
+      result = run(point_cfg, out_dir / name, progress=progress, verbose=verbose, source={
+          **source, 'overrides': [*source.get('overrides', []), 'grid=()', *overrides]})
+      values = {k.strip(): _parse_value(v.strip()) for k, v in (o.split('=', 1) for o in overrides)}
+      frames.append(result.df.assign(grid_point=name, **{
+          k: v for k, v in values.items() if isinstance(v, (int, float, str))}))
+      tables.append(f'{name}:\n{result.table}')
+    df = pd.concat(frames, ignore_index=True)
+    results_csv = out_dir / 'results.csv'
+    by, mode = getattr(task_of(cfg.task)[1], 'BEST_BY', ('objective', 'max'))
+    set_keys = dict.fromkeys(o.split('=', 1)[0].strip() for _, overrides, _ in points
+                             for o in overrides)
+    varying = [k for k in set_keys if k in df and pd.api.types.is_numeric_dtype(df[k])
+               and df[k].nunique() > 1]
+    figures = []
+    if writer:
+      df.to_csv(results_csv, index=False)
+      if varying and by in df:
+        figures.append(plots.plot_grid(df, out_dir / 'grid.png', x=varying[0], y=by, mode=mode,
+                                       title=f'{cfg.name}: final {by} against {varying[0]}'))
+      runs.write_text(out_dir / 'summary.md', f'# {cfg.name}\n\n{len(points)} grid points, '
+                      f'{time.perf_counter() - t0:.0f} s; each point\'s summary.md is in its '
+                      'dir.\n\n## Best point per method at each grid point\n\n```\n'
+                      + '\n\n'.join(tables) + '\n```\n')
+    if verbose:
+      print(f'{cfg.name}: {len(points)} grid points, {len(df)} evaluation points in '
+            f'{time.perf_counter() - t0:.0f} s; results: {results_csv}')
+      for path in figures:
+        print(f'plot: {path}')
+  return ExperimentResult(out_dir=out_dir, df=df, results_csv=results_csv, plots=figures,
+                          table='\n\n'.join(tables))
 
 
 def run_experiment(name: str, variant: str = 'quick', overrides: Sequence[str] = (),

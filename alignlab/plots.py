@@ -14,6 +14,8 @@ pyplot backend is left alone, so a notebook keeps its inline figures).
     plot_gap(df, path, title='')          final gap_fraction (J(π*) − J(π) over that of π_ref)
                                           per method and hyperparameter value
     plot_win_rates(wr, path, title='')    win rate against π_ref vs sampling temperature
+    plot_grid(df, path, x, y, mode='min') each method's final `y` against a grid column `x`
+                                          (`pipeline.run_grid`: e.g. the data size), 95 % intervals
 Each has a `draw_*(ax, ...)` twin that draws into given matplotlib Axes (for notebooks).
 
 A method has one colour and one marker in every plot of every run: `method_style(name)`,
@@ -42,16 +44,20 @@ from matplotlib.patches import Patch
 # The order of `alignlab.methods.METHODS` (checked by tests/test_plots.py), with each method's
 # colour and marker at the same position.
 KNOWN_METHODS = ('sft', 'dpo', 'ipo', 'cdpo', 'kto', 'simpo', 'orpo', 'unlikelihood',
-                 'preferred_ft', 'best_of_n', 'ppo', 'ppo_gt', 'rloo', 'grpo')
+                 'preferred_ft', 'best_of_n', 'ppo', 'ppo_gt', 'rloo', 'grpo', 'grpo_kl_reward',
+                 'grpo_k1', 'grpo_k2', 'grpo_k3_ratio', 'ppo_fixed', 'rloo_rm')
 _PALETTE = ('#4d4d4d', '#1f77b4', '#17becf', '#9467bd', '#e377c2', '#bcbd22', '#8c564b',
-            '#637939', '#b8860b', '#7b4173', '#d62728', '#ff7f0e', '#2ca02c', '#393b79')
-_MARKERS = ('*', 'o', 'v', '^', '<', '>', 'P', 'X', 'h', 'p', 's', 'D', 'd', 'H')
+            '#637939', '#b8860b', '#7b4173', '#d62728', '#ff7f0e', '#2ca02c', '#393b79',
+            '#843c39', '#8ca252', '#5254a3', '#e6550d', '#e41a1c', '#4daf4a')
+_MARKERS = ('*', 'o', 'v', '^', '<', '>', 'P', 'X', 'h', 'p', 's', 'D', 'd', 'H', '8', '1', '2',
+            '3', '4', '+')
 # Methods not in KNOWN_METHODS: a colour and marker picked by a hash of the name.
 _EXTRA_PALETTE = ('#6b6ecf', '#e7969c', '#b5cf6b', '#9edae5', '#c5b0d5', '#ff9896', '#ffbb78',
                   '#98df8a', '#aec7e8', '#f7b6d2', '#dbdb8d', '#c49c94')
 _EXTRA_MARKERS = ('o', 's', 'D', '^', 'v', 'P', 'X', '<', '>', 'p', 'h', 'd')
 FAMILIES = (('DPO family', ('dpo', 'ipo', 'cdpo', 'kto', 'simpo', 'orpo')),
-            ('RLHF family', ('ppo', 'ppo_gt', 'rloo', 'grpo')),
+            ('RLHF family', ('ppo', 'ppo_gt', 'rloo', 'grpo', 'grpo_kl_reward', 'grpo_k1',
+                             'grpo_k2', 'grpo_k3_ratio', 'ppo_fixed', 'rloo_rm')),
             ('baselines', ('sft', 'preferred_ft', 'unlikelihood', 'best_of_n')))
 OTHER_FAMILY = 'other'
 FAILED_COLOR, FAILED_MARKER = '#9a9a9a', 'x'
@@ -545,4 +551,70 @@ def draw_win_rates(ax, wr: pd.DataFrame, title: str = '') -> None:
 def plot_win_rates(wr: pd.DataFrame, path: str | Path, title: str = '') -> Path:
   fig, ax = _axes((6, 4.5))
   draw_win_rates(ax, wr, title)
+  return _finish(fig, path)
+
+
+def grid_finals(df: pd.DataFrame, x: str, y: str, mode: str = 'min') -> pd.DataFrame:
+  """Per method and value of the grid column `x` (`pipeline.run_grid`, e.g.
+  `task.pairs.pairs_per_prompt`): `y` at the last evaluation of each run, mean over every run
+  sharing method, hyperparameter value and x (seeds, and a grid's data seeds), with `n` and
+  the half-width of its 95 % t interval; of a method's hyperparameter values, the best mean at
+  each x (`mode`: 'min' or 'max'), named in `hparam_value`. A method whose points never set x
+  keeps x NaN: a level that does not depend on it (e.g. PPO on the gold reward). Failed runs
+  give no value."""
+  from alignlab.verdict import _t975
+  ok = df[~_failed_mask(df) & df[y].notna()]
+  run_keys = [k for k in ('grid_point', 'run') if k in ok] or _run_keys(ok)
+  last = ok.sort_values('step', kind='stable').groupby(run_keys, sort=False, dropna=False).tail(1)
+  rows = []
+  for (method, value, at), g in last.groupby(['method', 'hparam_value', x], dropna=False):
+    v = g[y].to_numpy(np.float64)
+    n = len(v)
+    half = _t975(n - 1) * float(v.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
+    rows.append({'method': method, 'hparam': g['hparam'].iloc[0], 'hparam_value': value, x: at,
+                 'mean': float(v.mean()), 'half_width': half, 'n': n})
+  table = pd.DataFrame(rows, columns=['method', 'hparam', 'hparam_value', x, 'mean',
+                                      'half_width', 'n'])
+  if not len(table):
+    return table
+  best = (table.groupby(['method', x], dropna=False)['mean'].idxmin() if mode == 'min' else
+          table.groupby(['method', x], dropna=False)['mean'].idxmax())
+  return table.loc[best.to_numpy()].sort_values(['method', x]).reset_index(drop=True)
+
+
+def draw_grid(ax, df: pd.DataFrame, x: str, y: str, mode: str = 'min', title: str = '') -> None:
+  """`grid_finals` against x, one line per method with its 95 % intervals; a method that
+  does not vary with x is a horizontal band."""
+  finals = grid_finals(df, x, y, mode)
+  for method in ordered_methods(finals['method'].unique()):
+    rows = finals[finals['method'] == method]
+    color, marker = method_style(method)
+    tuned = df.loc[df['method'] == method, 'hparam_value'].nunique() > 1
+    label = method + (f' (best {_SYMBOLS.get(rows["hparam"].iloc[0], rows["hparam"].iloc[0])} '
+                      'at each point)' if tuned else '')
+    at = rows[x].to_numpy(np.float64)
+    if np.isnan(at).all():
+      mean, half = float(rows['mean'].mean()), float(np.nan_to_num(rows['half_width'].max()))
+      ax.axhline(mean, color=color, lw=1.2, ls='--', label=f'{label} (does not vary)',
+                 gid=f'level:{method}')
+      ax.axhspan(mean - half, mean + half, color=color, alpha=0.12, lw=0)
+      continue
+    rows = rows[np.isfinite(at)]
+    ax.errorbar(rows[x], rows['mean'], yerr=np.nan_to_num(rows['half_width']), color=color,
+                marker=marker, ms=5, lw=1.2, capsize=3, label=label, gid=f'points:{method}')
+  values = finals[x].to_numpy(np.float64)
+  values = values[np.isfinite(values)]
+  if len(values) and values.min() > 0 and values.max() >= 8 * values.min():
+    ax.set_xscale('log', base=2)
+  ax.set_xlabel(x)
+  ax.set_ylabel(f'{y}, last evaluation (mean, 95 % interval)')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  ax.set_title(title or f'{y} against {x}')
+
+
+def plot_grid(df: pd.DataFrame, path: str | Path, x: str, y: str, mode: str = 'min',
+              title: str = '') -> Path:
+  fig, ax = _axes((7, 4.5))
+  draw_grid(ax, df, x, y, mode, title)
   return _finish(fig, path)

@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from alignlab import sharding
-from alignlab.config import MeshConfig, ModelConfig
+from alignlab import methods, sharding
+from alignlab.config import ConfigError, MeshConfig, ModelConfig
 from alignlab.heads import CausalLM
 from alignlab.losses import ppo as ppo_losses
 from alignlab.tasks import exact_kl_grads as kg
 from alignlab.tasks import exact_math as em
+from alignlab.train import ppo
 
 # ---- the loss against NumPy loops ------------------------------------------------------------
 
@@ -237,3 +238,56 @@ def test_jitted_estimator_gradients_match_each_surrogates_own_gradient():
                                err_msg=name)
   assert _norm(got[1]) < 1e-4 * _norm(got[0])  # k1 in the loss: 0 in expectation
 
+
+# ---- the options in the PPO trainer and the methods table --------------------------------------
+
+
+def test_config_options():
+  grpo = dict(algorithm='grpo', samples_per_prompt=2)
+  assert ppo.PPOConfig(**grpo).resolved_kl_estimator == 'k3'
+  assert ppo.PPOConfig().resolved_kl_estimator == 'k1'  # in the reward
+  ppo.PPOConfig(**grpo, kl_estimator='k2', kl_ratio_correction=True).validate()
+  with pytest.raises(ConfigError, match='kl_estimator'):
+    ppo.PPOConfig(**grpo, kl_estimator='k4').validate()
+  with pytest.raises(ConfigError, match='in the reward is k1'):
+    ppo.PPOConfig(kl_estimator='k3').validate()
+  with pytest.raises(ConfigError, match='in the reward is k1'):
+    ppo.PPOConfig(**grpo, kl_penalty='reward', kl_ratio_correction=True).validate()
+
+
+def test_methods_table_sets_the_options():
+  env = {'rl_sampling': ppo.PPOConfig().sampling}
+  rl = methods.RLConfig(iterations=2)
+  expected = {'grpo': ('loss', 'k3', False), 'grpo_k1': ('loss', 'k1', False),
+              'grpo_k2': ('loss', 'k2', False), 'grpo_k3_ratio': ('loss', 'k3', True),
+              'grpo_kl_reward': ('reward', 'k1', False), 'ppo_gt': ('reward', 'k1', False)}
+  for name, (penalty, estimator, ratio) in expected.items():
+    cfg = methods._ppo_config(env, rl, methods.METHODS[name], 0.3, 0)
+    cfg.validate()
+    assert (cfg.resolved_kl_penalty, cfg.resolved_kl_estimator, cfg.kl_ratio_correction) == (
+        penalty, estimator, ratio), name
+
+
+@pytest.mark.parametrize('estimator,ratio', [('k1', False), ('k2', False), ('k3', False),
+                                             ('k3', True)])
+def test_trainer_loss_uses_the_chosen_estimator(models, estimator, ratio):
+  graphdef, policy, ref, old = models
+  tokens_BxT = em.full_sequences(TASK).reshape(-1, TASK.length + 1)
+  resp_BxT = np.ones(tokens_BxT.shape, np.float32)
+  resp_BxT[:, 0] = 0
+  logps = {name: np.asarray(kg.token_logps(graphdef, p, jnp.asarray(tokens_BxT)))
+           for name, p in (('policy', policy), ('ref', ref), ('old', old))}
+  cfg = ppo.PPOConfig(algorithm='grpo', samples_per_prompt=2, kl_estimator=estimator,
+                      kl_ratio_correction=ratio, sampling=ppo.PPOConfig().sampling)
+  weights = np.asarray(ppo.loss_weights(cfg, resp_BxT))
+  batch = {'tokens': tokens_BxT, 'attention_mask': np.ones_like(tokens_BxT),
+           'response_mask': resp_BxT, 'old_logps': logps['old'], 'ref_logps': logps['ref'],
+           # Zero advantages: the clipped policy term is 0, the loss is β × the KL term.
+           'advantages': np.zeros_like(resp_BxT), 'weights': weights}
+  beta = 0.7
+  loss, metrics = ppo.ppo_loss({'policy': policy}, batch, jnp.float32(beta), cfg=cfg,
+                               policy_graphdef=graphdef, value_graphdef=None, prompt_len=1)
+  expected, _ = np_kl_penalty(logps['policy'], logps['ref'], logps['old'], weights, estimator,
+                              ratio)
+  np.testing.assert_allclose(loss, beta * expected, rtol=2e-5)
+  np.testing.assert_allclose(metrics['policy/kl_loss'], expected, rtol=2e-5)

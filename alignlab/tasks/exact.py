@@ -5,7 +5,9 @@ Stages (cached, `alignlab/stages.py`):
 1. `exact_sft`: π_ref, the transformer SFT'd on samples of an analytic reference; from then on
    its exact log-probs over every response define the task's reference.
 2. `exact_pairs`: pairs y1, y2 ~ π_ref labelled by the Bradley–Terry model of the gold reward
-   (arXiv 2305.18290 Eq. 1), π_ref's log-probs precomputed, and held-out pairs.
+   (arXiv 2305.18290 Eq. 1), π_ref's log-probs precomputed, and held-out pairs. With
+   `pairs.support_size` > 0 the training pairs mention only that many responses per prompt,
+   and every point also reports `off_support_mass` (Xu et al. 2024, arXiv 2404.10719, §4).
 3. `exact_rm` (on first need): a Bradley–Terry reward model on the same pairs, normalized so
    that π_ref's responses score mean 0, std 1 with the exact π_ref-weighted moments (Ziegler et
    al. 2019, arXiv 1909.08593).
@@ -14,7 +16,8 @@ A point is exact: E r, KL(π‖π_ref), J_β, the gap J_β(π*) − J_β(π) = �
 fraction of π_ref's gap, the frontier's reward at the run's KL (`reward_shortfall` =
 frontier_reward − gold_reward ≥ 0 is β-free), and the accuracy of β·log π/π_ref on held-out
 pairs ordered by gold reward. β is the method's own β where it has one, else `eval_beta`.
-Best-of-N is exact too (`exact_math.best_of_n_logp`: its true KL, not the analytic bound).
+Best-of-N is exact too (`exact_math.best_of_n_logp`: its true KL, not the analytic bound),
+ranked by the gold reward or by the reward model (`best_of_n_reward`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ import numpy as np
 from flax import nnx
 
 from alignlab import sharding, stages
-from alignlab.config import ModelConfig, OptimizerConfig, SamplingConfig, split_fields, to_dict
+from alignlab.config import (ConfigError, ModelConfig, OptimizerConfig, SamplingConfig,
+                             split_fields, to_dict)
 from alignlab.evaluate import TEMPERATURES
 from alignlab.heads import CausalLM, ScalarModel, embedding_from_lm, last_token_value
 from alignlab.tasks import exact_math as em
@@ -55,6 +59,21 @@ class PairsConfig:
   pairs_per_prompt: int = 2048
   heldout_per_prompt: int = 256
   seed: int = 1
+  # > 0: the training pairs mention only this many responses per prompt (`em.support_mask`,
+  # drawn from `seed`; both responses of a pair ~ π_ref restricted to them), and evaluation
+  # reports the mass off that support (Xu et al. 2024, arXiv 2404.10719, §4). Held-out pairs
+  # stay on every response. 0 (off) is left out of the cache key, so keys made before the
+  # field existed still match.
+  support_size: int = 0
+
+
+def pairs_record(pc: PairsConfig) -> dict:
+  """The pairs stage's part of the cache key and run identity: its fields, less `support_size`
+  when it is off."""
+  record = to_dict(pc)
+  if not pc.support_size:
+    del record['support_size']
+  return record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +94,10 @@ class Config:
   eval_beta: float = 0.3  # the β of J_β for methods that have none of their own
   win_rate_temperatures: tuple[float, ...] = TEMPERATURES
   frontier_points: int = 81
+  # What Best-of-N ranks its N candidates by: 'gold' (the true reward: the best any reranker
+  # can do) or 'model' (the reward model learned from the same pairs, as in the pipeline's
+  # RLHF arm). Part of the evaluation key only when it is not 'gold', so older keys match.
+  best_of_n_reward: str = 'gold'
 
 
 # Jitted once per process: eager calls would compile every small op anew.
@@ -83,6 +106,8 @@ best_of_n_logp = jax.jit(em.best_of_n_logp)
 win_rate = jax.jit(em.exact_win_rate)
 _frontier = jax.jit(em.frontier)
 _mean_kl = jax.jit(lambda logp, ref_logp: em.kl(logp, ref_logp).mean())
+_frontier_reward_at_kl = jax.jit(em.frontier_reward_at_kl)
+BEST_OF_N_REWARDS = ('gold', 'model')
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
@@ -137,7 +162,14 @@ def _build_sft(cfg: Config, mesh, progress: bool, out: Path, work: Path) -> None
 def _build_pairs(cfg: Config, graphdef, ref_params, ref_logp, r, out: Path, work: Path) -> None:
   del work
   problem, pc = cfg.problem, cfg.pairs
-  pairs = _sample_pairs(jax.random.key(pc.seed), problem, ref_logp, r, pc.pairs_per_prompt)
+  draw_logp = None
+  if pc.support_size:
+    support_PxY = em.support_mask(problem, pc.support_size, pc.seed)
+    np.save(out / 'support.npy', support_PxY)
+    # π_ref renormalized onto the support: a response off it is never drawn.
+    draw_logp = jnp.where(jnp.asarray(support_PxY), ref_logp, -jnp.inf)
+  pairs = _sample_pairs(jax.random.key(pc.seed), problem, ref_logp, r, pc.pairs_per_prompt,
+                        draw_logp)
   batch = preference.reference_logps(graphdef, ref_params, em.preference_batch(problem, pairs),
                                      prompt_len=1, batch_size=512)
   np.savez(out / 'train.npz', **batch)
@@ -222,6 +254,21 @@ def evaluate_logp(logp, beta, ref_logp, r, heldout):
           'implicit_accuracy': acc['implicit_accuracy']}
 
 
+@jax.jit
+def support_metrics(logp, support, ref_logp, r, beta):
+  """The mass π puts off the data's support; for scale, the mass π*_β puts there (π* follows
+  the gold reward everywhere, so it is what a method that generalizes correctly off the support
+  would reach; Xu et al. 2024, arXiv 2404.10719, §4); and `support_split_gap_fraction`, the part
+  of `gap_fraction` due to the split of mass between the support and the rest alone
+  (`em.support_split_kl`)."""
+  star_logp = em.optimal_policy(ref_logp, r, beta)
+  ref_gap = em.gap(ref_logp, ref_logp, r, beta).mean()
+  split_gap = beta * em.support_split_kl(logp, star_logp, support).mean()
+  return {'off_support_mass': em.off_support_mass(logp, support),
+          'optimal_off_support_mass': em.off_support_mass(star_logp, support),
+          'support_split_gap_fraction': split_gap / jnp.maximum(ref_gap, jnp.finfo(jnp.float32).tiny)}
+
+
 def exact_row(metrics: dict, beta: float) -> dict:
   """A results row of `evaluate_logp`'s metrics: exact, so no sampling error."""
   row = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -231,6 +278,9 @@ def exact_row(metrics: dict, beta: float) -> dict:
 def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
   """Builds (or reads) π_ref and the pairs; returns the task's env (`alignlab/tasks/__init__.py`)."""
   cfg.problem.validate()
+  if cfg.best_of_n_reward not in BEST_OF_N_REWARDS:
+    raise ConfigError(f'task.best_of_n_reward={cfg.best_of_n_reward!r}; expected one of '
+                      f'{BEST_OF_N_REWARDS}')
   sft_dir, cached = stages.cached_stage('exact_sft', sft_key(cfg),
                                         functools.partial(_build_sft, cfg, mesh, progress))
   graphdef, like = _init(cfg, mesh)
@@ -240,7 +290,7 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
   if not cached:
     log(f'π_ref trained (KL(analytic ‖ π_ref) = {info["kl_analytic_to_sft"]:.4f}): {sft_dir}')
   r = jnp.asarray(em.gold_reward(cfg.problem))
-  pairs_key = {'sft': sft_key(cfg), 'pairs': cfg.pairs}
+  pairs_key = {'sft': sft_key(cfg), 'pairs': pairs_record(cfg.pairs)}
   pairs_dir, _ = stages.cached_stage(
       'exact_pairs', pairs_key,
       functools.partial(_build_pairs, cfg, graphdef, ref_params, ref_logp, r))
@@ -249,16 +299,28 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
   with np.load(pairs_dir / 'heldout.npz') as f:
     heldout = tuple(jnp.asarray(f[k]) for k in ('prompt_index', 'first_index', 'second_index',
                                                  'first_score', 'second_score'))
+  support = (jnp.asarray(np.load(pairs_dir / 'support.npy')) if cfg.pairs.support_size
+             else None)
   env = {'name': 'exact', 'mesh': mesh, 'progress': progress, 'model_cfg': model_config(cfg),
          'graphdef': graphdef, 'ref_params': ref_params, 'ref_logp': ref_logp, 'r': r,
          'prompt_len': 1, 'pairs': pairs, 'run_key': to_dict(pairs_key),
-         'eval_key': split_fields(cfg, EVAL_FIELDS)[1],
+         'eval_key': split_fields(cfg, EVAL_FIELDS + (
+             ('best_of_n_reward',) if cfg.best_of_n_reward != 'gold' else ()))[1],
          'stages': {'sft': str(sft_dir), 'pairs': str(pairs_dir)}}
+
+  def with_support(row, logp, beta):
+    if support is None:
+      return row
+    metrics = support_metrics(logp, support, ref_logp, r, jnp.float32(beta))
+    return {**row, **{k: float(v) for k, v in jax.device_get(metrics).items()}}
 
   def evaluate(params, beta=None):
     beta = cfg.eval_beta if beta is None else beta
-    return exact_row(_evaluate_params(graphdef, cfg.problem, params, jnp.float32(beta), ref_logp, r,
+    row = exact_row(_evaluate_params(graphdef, cfg.problem, params, jnp.float32(beta), ref_logp, r,
                                  heldout), beta)
+    if support is None:
+      return row
+    return with_support(row, exact_policy_logp(graphdef, params, cfg.problem), beta)
 
   def win_rates(params):
     rows = []
@@ -269,10 +331,17 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
     return rows
 
   def best_of_n(n):
-    logp = best_of_n_logp(ref_logp, r, n)
+    # The exact law of the best of n draws from π_ref by the ranking reward (`best_of_n_reward`).
+    ranking = r if cfg.best_of_n_reward == 'gold' else reward_table_()
+    logp = best_of_n_logp(ref_logp, ranking, n)
     row = exact_row(evaluate_logp(logp, jnp.float32(cfg.eval_beta), ref_logp, r, heldout),
                cfg.eval_beta)
-    row['kl_bound'] = float(em.best_of_n_kl_bound(n))  # Beirami et al., arXiv 2401.01879
+    bound = em.best_of_n_kl_bound(n)  # log n − (n − 1)/n: Beirami et al., arXiv 2401.01879, §3
+    row['kl_bound'] = float(bound)
+    # Where a frontier plot that takes the bound as BoN's KL puts it: the frontier's reward at
+    # the bound, against `frontier_reward` at the true KL.
+    row['frontier_reward_at_bound'] = float(_frontier_reward_at_kl(ref_logp, r, bound))
+    row = with_support(row, logp, cfg.eval_beta)
     # Best-of-N draws its N candidates from π_ref at temperature 1.
     return row, [{'temperature': 1.0, 'win_rate': float(win_rate(logp, ref_logp, r))}]
 
@@ -285,6 +354,12 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
     rm_graphdef, rm_like = sharding.init_params(lambda k: ScalarModel(env['model_cfg'], rngs=k),
                                                 mesh, jax.random.key(7))
     return RewardModel(rm_graphdef, stages.restore_params(path / 'params', rm_like, rm_key))
+
+  @functools.cache
+  def reward_table_():
+    """The reward model's (normalized) score of every response, (P, Y)."""
+    rm = reward_model_()
+    return reward_table(cfg.problem, rm.graphdef, rm.params)
 
   def rl_prompts(seed, k, rollouts):
     del seed  # every iteration samples every prompt

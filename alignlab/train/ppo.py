@@ -7,8 +7,10 @@ One iteration = one rollout batch (`train/rollout.py`) + one jitted update:
    - 'reward': the per-token penalty −β·(log π − log π_ref) (the k1 estimate) added to the
      reward, with the score at the last token (Ziegler et al. 2019, arXiv 1909.08593, Eq. 2;
      InstructGPT, arXiv 2203.02155, Eq. 2; Huang et al. 2024, arXiv 2403.17031);
-   - 'loss': a term β·k3(π, π_ref) averaged over tokens in the loss, k3 = ρ − 1 − log ρ with
-     ρ = π_ref/π (GRPO, Shao et al. 2024, arXiv 2402.03300, Eq. 4).
+   - 'loss': a term β·k(π, π_ref) averaged over tokens in the loss (`kl_estimator`: k1, k2 or
+     k3 of Schulman 2020; k3 = ρ − 1 − log ρ with ρ = π_ref/π is GRPO's, Shao et al. 2024,
+     arXiv 2402.03300, Eq. 4), optionally weighted by π_θ/π_old (`kl_ratio_correction`,
+     DeepSeek-V3.2 §3.1 Eq. 7; `losses.ppo.kl_penalty_loss` says what each gradient is).
    β is fixed or follows the adaptive controller of Ziegler et al. (§2.2): e = clip(KL/target −
    1, ±0.2), β ← β·(1 + e·n/horizon), n the episodes of the batch.
 2. Advantages.
@@ -41,13 +43,12 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from alignlab import sharding
+from alignlab import distributed, sharding
 from alignlab.config import ConfigError, OptimizerConfig, SamplingConfig, to_dict
 from alignlab.heads import ScalarModel, embedding_from_lm
-from alignlab.losses.lm import masked_sum_count
 from alignlab.losses.ppo import (adaptive_kl_update, gae, grpo_advantages, kl_k1, kl_k2, kl_k3,
-                                 masked_mean, masked_whiten, per_token_rewards, ppo_policy_loss,
-                                 ppo_value_loss, rloo_advantages)
+                                 kl_penalty_loss, masked_mean, masked_whiten, per_token_rewards,
+                                 ppo_policy_loss, ppo_value_loss, rloo_advantages)
 from alignlab.sampling import sample
 from alignlab.train.fit import TrainingDiverged, diverged_message, loop
 from alignlab.train.optim import apply_updates, make_optimizer
@@ -79,7 +80,9 @@ class PPOConfig:
   lam: float = 0.95
   whiten_rewards: bool = False  # scale per-token rewards by their std, keeping the mean
   whiten_advantages: bool = True  # ppo and rloo; GRPO's advantages are group-normalized already
-  kl_penalty: str = 'auto'  # 'reward' (k1 in the reward) | 'loss' (k3 in the loss) | 'auto'
+  kl_penalty: str = 'auto'  # 'reward' (k1 in the reward) | 'loss' | 'auto' (loss for grpo)
+  kl_estimator: str = 'auto'  # the KL in the loss: 'k1' | 'k2' | 'k3' | 'auto' (k3)
+  kl_ratio_correction: bool = False  # the KL in the loss weighted by π_θ/π_old per token
   kl_coef: float = 0.05  # β, or its initial value under the adaptive controller
   kl_controller: str = 'fixed'  # 'fixed' | 'adaptive'
   kl_target: float = 6.0  # nats per sequence, adaptive controller only
@@ -97,6 +100,12 @@ class PPOConfig:
     return self.kl_penalty
 
   @property
+  def resolved_kl_estimator(self) -> str:
+    if self.kl_estimator == 'auto':
+      return 'k3' if self.resolved_kl_penalty == 'loss' else 'k1'
+    return self.kl_estimator
+
+  @property
   def resolved_loss_aggregation(self) -> str:
     if self.loss_aggregation == 'auto':
       return 'sequence' if self.algorithm == 'grpo' else 'token'
@@ -111,10 +120,15 @@ class PPOConfig:
                                 ('kl_penalty', self.kl_penalty, ('auto', 'reward', 'loss')),
                                 ('kl_controller', self.kl_controller, ('fixed', 'adaptive')),
                                 ('kl_measure', self.kl_measure, ('k1', 'exact')),
+                                ('kl_estimator', self.kl_estimator, ('auto', 'k1', 'k2', 'k3')),
                                 ('loss_aggregation', self.loss_aggregation,
                                  ('auto', 'token', 'sequence'))):
       if value not in allowed:
         raise ConfigError(f'ppo.{key}={value!r}; expected one of {allowed}')
+    if self.resolved_kl_penalty == 'reward' and (self.resolved_kl_estimator != 'k1'
+                                                 or self.kl_ratio_correction):
+      raise ConfigError('ppo.kl_estimator / kl_ratio_correction choose the KL in the loss; the KL '
+                        "in the reward is k1 per token (set ppo.kl_penalty='loss')")
     if self.algorithm in ('rloo', 'grpo') and self.samples_per_prompt < 2:
       raise ConfigError(f'ppo.algorithm={self.algorithm!r} needs samples_per_prompt ≥ 2, got '
                         f'{self.samples_per_prompt}')
@@ -228,7 +242,7 @@ def loss_weights(cfg: PPOConfig, response_mask_BxT: jax.Array) -> jax.Array:
 
 def ppo_loss(params: dict, batch: dict, kl_coef: jax.Array, *, cfg: PPOConfig, policy_graphdef,
              value_graphdef, prompt_len: int) -> tuple[jax.Array, dict]:
-  """The PPO loss of one minibatch: clipped policy loss (+ β·k3 when the KL is in the loss)
+  """The PPO loss of one minibatch: clipped policy loss (+ β·k when the KL is in the loss)
   + vf_coef × clipped value loss. `params` = {'policy': ..., 'value': ...} ('value' only for
   'ppo'); `batch` holds tokens, attention_mask, response_mask, old_logps, ref_logps,
   advantages, weights and, for 'ppo', old_values and returns."""
@@ -245,10 +259,12 @@ def ppo_loss(params: dict, batch: dict, kl_coef: jax.Array, *, cfg: PPOConfig, p
   loss = pg_loss
   metrics = {k: v for k, v in pg_metrics.items() if not k.endswith(('_sum', '/count'))}
   if cfg.resolved_kl_penalty == 'loss':
-    k3_BxT = kl_k3(policy_logps=logps_BxT, ref_logps=batch['ref_logps'], mask=response_mask_BxT)
-    kl_loss, _, _ = masked_sum_count(k3_BxT, batch['weights'])
+    kl_loss, kl_metrics = kl_penalty_loss(
+        logps=logps_BxT, ref_logps=batch['ref_logps'], mask=batch['weights'],
+        estimator=cfg.resolved_kl_estimator, old_logps=batch['old_logps'],
+        ratio_correction=cfg.kl_ratio_correction)
     loss = loss + kl_coef * kl_loss
-    metrics['policy/kl_loss'] = jax.lax.stop_gradient(kl_loss)
+    metrics['policy/kl_loss'] = kl_metrics['kl/loss']
   if cfg.uses_value:
     value_model = nnx.merge(value_graphdef, params['value'])
     values_BxT = shifted_values(value_model(tokens_BxT, attention_mask_BxT), response_mask_BxT)
@@ -344,7 +360,7 @@ def _on_mesh(tree, mesh):
   def one(x):
     if isinstance(getattr(x, 'sharding', None), NamedSharding) and x.sharding.mesh == mesh:
       return x
-    return jax.device_put(x, sharding.replicated(mesh))
+    return distributed.reshard(x, sharding.replicated(mesh))  # device_put on one process
   return jax.tree.map(one, tree)
 
 
