@@ -31,6 +31,14 @@ def section(out: Path, *, command: str, commit: str, machine: str, wall: str, na
       f'{k[:-2]} {v:.0f} s' for k, v in timings.items() if k not in ('stages_s', 'total_s'))
       + '.')
   rm = stages.get('info', {}).get('reward_model', {}).get('heldout_accuracy')
+  from_cache = stages.get('info', {}).get('from_cache', {})
+  cache = ('from an empty cache' if not any(from_cache.values()) else
+           'with every stage read from the cache' if all(from_cache.values()) else
+           'with the stages ' + ', '.join(k for k, v in from_cache.items() if v)
+           + ' read from the cache')
+  record = json.loads((out / 'experiment.json').read_text())['config']
+  n_seeds = len(record['seeds'])
+  n_prompts = record['task'].get('n_eval_prompts', '?')
   figures = []
   for kind, caption in (('frontier', 'reward–KL frontier'), ('compute', 'reward vs training compute'),
                         ('win_rates', 'win rate vs π_ref by temperature')):
@@ -42,14 +50,15 @@ def section(out: Path, *, command: str, commit: str, machine: str, wall: str, na
   lines = [
       figures[0] if figures else '',
       '',
-      f'Made by `{command}` at commit `{commit}` on {machine}: {wall} from an empty cache. '
+      f'Made by `{command}` at commit `{commit}` on {machine}: {wall} {cache}. '
       f'{first}' + (f' The reward model reaches {rm:.3f} held-out accuracy.' if rm else '')
       + ' Best-of-N\'s KL is the analytic log N − (N − 1)/N, an upper bound on its true KL '
       '(Beirami et al. 2024, arXiv 2401.01879).',
       '',
       'The verdict below is `summary.md` of that run (`alignlab/verdict.py`): each method\'s best '
-      'mean gold reward at KL(π‖π_ref) ≤ each budget, with its 95 % interval (seeds and prompts; '
-      'one seed here, so prompts only), and the methods it cannot separate.',
+      'mean gold reward at KL(π‖π_ref) ≤ each budget, with its 95 % interval (' + (
+          f'{n_seeds} seeds and {n_prompts} held-out prompts' if n_seeds > 1 else
+          f'one seed here, so {n_prompts} prompts only') + '), and the methods it cannot separate.',
       '',
       verdict.strip(),
       '',
