@@ -37,6 +37,7 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import socket
 import sys
 import time
@@ -244,7 +245,6 @@ def _without_eval(record: dict) -> dict:
 def _clear(run: Path) -> None:
   """Empties a run dir but for its lock: config.json goes last, so an interrupted clear
   leaves a dir that still names its old config (and is cleared again by the next start)."""
-  import shutil
   for p in sorted(run.iterdir(), key=lambda p: p.name == 'config.json'):
     if p.name == LOCK_FILE:
       continue

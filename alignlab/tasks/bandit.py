@@ -155,9 +155,10 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
     prompt_B = np.repeat(em.prompt_tokens(p), max(rollouts // k, 1))[:, None]
     return lambda step: (prompt_B, np.ones_like(prompt_B))
 
+  run_key, eval_key = split_fields(cfg, EVAL_FIELDS)
   env = {'name': 'bandit', 'mesh': mesh, 'progress': progress, 'model_cfg': mcfg,
          'graphdef': graphdef, 'ref_params': ref_params, 'prompt_len': 1, 'pairs': data,
-         'run_key': split_fields(cfg, EVAL_FIELDS)[0], 'eval_key': split_fields(cfg, EVAL_FIELDS)[1],
+         'run_key': run_key, 'eval_key': eval_key,
          'evaluate': evaluate, 'win_rates': win_rates, 'best_of_n': best_of_n,
          'reward_model': reward_model_, 'gold': gold,
          'rl_prompts': rl_prompts, 'rl_sampling': SamplingConfig(max_new_tokens=1, eos_id=-1),
