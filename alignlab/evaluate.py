@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Callable, Sequence
 
 import jax
@@ -53,10 +54,11 @@ from flax import nnx
 
 from alignlab import distributed
 from alignlab.config import SamplingConfig
-from alignlab.logprobs import sequence_logprobs, sum_and_count, token_kl, token_logprobs
+from alignlab.logprobs import sequence_logprobs, sum_and_count
 from alignlab.losses.ppo import kl_k3
 from alignlab.sampling import sample
 from alignlab.train.batches import fixed_batches
+from alignlab.train.preference import pair_sequence_logps
 
 TEMPERATURES = (0.0, 0.25, 0.5, 0.75, 1.0)
 GREEDY_TEMPERATURE = 1e-6  # T = 0 in the exact task: logits / 1e-6 make every row one-hot
@@ -97,20 +99,46 @@ def _responses(tokens_BxT: np.ndarray, response_mask_BxT: np.ndarray) -> list[li
   return [row[mask.astype(bool)].tolist() for row, mask in zip(tokens_BxT, response_mask_BxT)]
 
 
-@functools.partial(jax.jit, static_argnames=('graphdef',))
+@functools.partial(jax.jit, static_argnames=('graphdef', 'response_start'))
 def sequence_kl_terms(graphdef, params, ref_params, tokens_BxT, attention_mask_BxT,
-                      response_mask_BxT) -> dict[str, jax.Array]:
+                      response_mask_BxT, response_start: int = 1) -> dict[str, jax.Array]:
   """Per sequence (B,): `kl` Σ_t KL(π(·|y<t) ‖ π_ref(·|y<t)) over response tokens (exact per
   token), `k1` Σ_t log π/π_ref and `k3` Σ_t (ρ_t − 1 − log ρ_t) of the tokens in the sequence,
-  `length` the number of response tokens."""
-  logits_p_BxTxV = nnx.merge(graphdef, params)(tokens_BxT, attention_mask_BxT)
-  logits_q_BxTxV = nnx.merge(graphdef, ref_params)(tokens_BxT, attention_mask_BxT)
-  logp_BxT = token_logprobs(logits_p_BxTxV, tokens_BxT, response_mask_BxT)
-  logq_BxT = token_logprobs(logits_q_BxTxV, tokens_BxT, response_mask_BxT)
-  return {'kl': token_kl(logits_p_BxTxV, logits_q_BxTxV, response_mask_BxT).sum(-1),
-          'k1': ((logp_BxT - logq_BxT) * response_mask_BxT).sum(-1),
-          'k3': kl_k3(policy_logps=logp_BxT, ref_logps=logq_BxT, mask=response_mask_BxT).sum(-1),
+  `length` the number of response tokens. `response_start` (static) is the first position
+  that may hold a response token (P in the canonical layout): only the positions from
+  P − 1 on pay for the vocabulary projection, and each model's log-softmax is taken once and
+  gives both the exact KL and the sampled tokens' log-probs."""
+  s = response_start - 1
+  targets_BxR, mask_BxR = tokens_BxT[:, s + 1:], response_mask_BxT[:, s + 1:]
+
+  def logsoftmax(p):
+    model = nnx.merge(graphdef, p)
+    hidden_BxRxD = model.hidden(tokens_BxT, attention_mask_BxT)[:, s:-1]
+    return jax.nn.log_softmax(model.logits(hidden_BxRxD).astype(jnp.float32), axis=-1)
+
+  logp_BxRxV, logq_BxRxV = logsoftmax(params), logsoftmax(ref_params)
+  mask_BxR = mask_BxR.astype(jnp.float32)
+  kl_BxR = jnp.sum(jnp.exp(logp_BxRxV) * (logp_BxRxV - logq_BxRxV), axis=-1) * mask_BxR
+  logp_BxR = jnp.take_along_axis(logp_BxRxV, targets_BxR[..., None], axis=-1)[..., 0] * mask_BxR
+  logq_BxR = jnp.take_along_axis(logq_BxRxV, targets_BxR[..., None], axis=-1)[..., 0] * mask_BxR
+  return {'kl': kl_BxR.sum(-1), 'k1': (logp_BxR - logq_BxR).sum(-1),
+          'k3': kl_k3(policy_logps=logp_BxR, ref_logps=logq_BxR, mask=mask_BxR).sum(-1),
           'length': response_mask_BxT.sum(-1)}
+
+
+class _Clock:
+  """Adds the wall time of `run(name, fn, *args)` to `timings[name]` (a no-op without one)."""
+
+  def __init__(self, timings: dict[str, float] | None):
+    self.timings = timings
+
+  def run(self, name: str, fn: Callable, *args):
+    if self.timings is None:
+      return fn(*args)
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+    return out
 
 
 def mean_stderr(name: str, values: np.ndarray) -> dict[str, float]:
@@ -136,23 +164,30 @@ def sample_responses(graphdef, params, prompts: Sequence[Sequence[int]], key: ja
 def evaluate_sampled(graphdef, params, ref_params, prompts: Sequence[Sequence[int]],
                      gold_reward_fn: Callable, key: jax.Array, sampling: SamplingConfig,
                      beta: float, proxy_reward: Callable | None = None, *, batch_size: int = 64,
-                     prompt_len: int | None = None) -> dict[str, float]:
+                     prompt_len: int | None = None,
+                     timings: dict[str, float] | None = None) -> dict[str, float]:
   """One sample per prompt from π: mean ± standard error of the gold reward, the sequence-level
-  KL (exact per token) and its k1 / k3 estimates, J_β, and the proxy reward if given."""
+  KL (exact per token) and its k1 / k3 estimates, J_β, and the proxy reward if given.
+  `timings`, when given, accumulates the seconds of each part (`sample`, `kl`, `gold`,
+  `proxy`); each part then waits for its result, so the parts do not overlap."""
   columns: dict[str, list] = {k: [] for k in ('gold', 'kl', 'k1', 'k3', 'length', 'proxy')}
-  for index, n_real, out in sample_responses(graphdef, params, prompts, key, sampling,
-                                             batch_size=batch_size, prompt_len=prompt_len):
-    terms = distributed.to_host(sequence_kl_terms(graphdef, params, ref_params, out.tokens,
-                                                  out.attention_mask, out.response_mask))
+  clock = _Clock(timings)
+  samples = sample_responses(graphdef, params, prompts, key, sampling, batch_size=batch_size,
+                             prompt_len=prompt_len)
+  while (item := clock.run('sample', next, samples, None)) is not None:
+    index, n_real, out = item
+    terms = clock.run('kl', lambda: distributed.to_host(sequence_kl_terms(
+        graphdef, params, ref_params, out.tokens, out.attention_mask, out.response_mask,
+        response_start=out.tokens.shape[1] - sampling.max_new_tokens)))
     real = slice(0, n_real)
     for name in ('kl', 'k1', 'k3', 'length'):
       columns[name].append(np.asarray(terms[name])[real])
-    columns['gold'].append(np.asarray(gold_reward_fn(
+    columns['gold'].append(clock.run('gold', lambda: np.asarray(gold_reward_fn(
         [list(prompts[i]) for i in index[real]],
-        _responses(out.tokens[real], out.response_mask[real])), np.float64))
+        _responses(out.tokens[real], out.response_mask[real])), np.float64)))
     if proxy_reward is not None:
-      columns['proxy'].append(np.asarray(distributed.to_host(
-          proxy_reward(out.tokens, out.attention_mask)))[real])
+      columns['proxy'].append(clock.run('proxy', lambda: np.asarray(distributed.to_host(
+          proxy_reward(out.tokens, out.attention_mask)))[real]))
   col = {k: np.concatenate(v) if v else None for k, v in columns.items()}
   result = {**mean_stderr('gold_reward', col['gold']), **mean_stderr('kl', col['kl']),
             **mean_stderr('kl_k1', col['k1']), **mean_stderr('kl_k3', col['k3']),
@@ -222,14 +257,23 @@ def implicit_reward_accuracy(graphdef, params, ref_params, pairs: dict[str, np.n
   """Accuracy of DPO's implicit reward β·log π(y|x)/π_ref(y|x) at ordering held-out pairs
   (a preference batch in the canonical layout, with `chosen_score` / `rejected_score`) by
   their gold scores; the stored chosen/rejected label is not used (it may be a noisy BT
-  draw). `implicit_margin` is the mean β·(log-ratio of the gold-better − of the other)."""
+  draw). `implicit_margin` is the mean β·(log-ratio of the gold-better − of the other).
+  Pairs that carry `ref_chosen_logps` / `ref_rejected_logps` use them for π_ref."""
   keys = [k for k in pairs if k.endswith(('_tokens', '_mask'))]
   n = len(pairs['chosen_tokens'])
+  # π_ref's log-probs of the pairs are the same at every point: read them when the pairs carry
+  # them (`train.preference.reference_logps`, computed once), and run π alone.
+  stored = 'ref_chosen_logps' in pairs
   first, second = [], []
   for index, n_real in fixed_batches(n, batch_size):
-    c, r = _pair_implicit_rewards(graphdef, params, ref_params,
-                                  {k: jnp.asarray(pairs[k][index]) for k in keys}, prompt_len)
-    c, r = distributed.to_host((c, r))
+    batch = {k: jnp.asarray(pairs[k][index]) for k in keys}
+    if stored:
+      c, r = distributed.to_host(pair_sequence_logps(graphdef, params, batch, prompt_len))
+      c = np.asarray(c) - pairs['ref_chosen_logps'][index]
+      r = np.asarray(r) - pairs['ref_rejected_logps'][index]
+    else:
+      c, r = distributed.to_host(_pair_implicit_rewards(graphdef, params, ref_params, batch,
+                                                        prompt_len))
     first.append(np.asarray(c)[:n_real])
     second.append(np.asarray(r)[:n_real])
   out = implicit_accuracy_from_rewards(beta * jnp.asarray(np.concatenate(first)),

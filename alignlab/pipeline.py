@@ -268,6 +268,48 @@ def plan(cfg: ExperimentConfig, env: dict, out_dir: Path) -> str:
           f'{_duration(flops / rate)}, before sampling and evaluation')
 
 
+TIMED = {'evaluate': 'evaluation', 'win_rates': 'evaluation', 'best_of_n': 'evaluation',
+         'reward_model': 'reward_model'}  # env functions → the part of the wall time they are
+
+
+def _timed_env(env: dict, clock: dict[str, float]) -> dict:
+  """`env` with its evaluation functions and the lazily built reward model timed into
+  `clock` (seconds per part). Each returns host numbers (or a built stage), so its wall
+  time is its cost; a reward model read from the cache costs its restore."""
+  def timed(fn, part):
+    def wrapped(*args, **kwargs):
+      t0 = time.perf_counter()
+      try:
+        return fn(*args, **kwargs)
+      finally:
+        clock[part] = clock.get(part, 0.0) + time.perf_counter() - t0
+    return wrapped
+  return {**env, **{k: timed(env[k], part) for k, part in TIMED.items() if k in env}}
+
+
+FAMILIES = {methods_lib.train_preference: 'offline (preference losses)',
+            methods_lib.train_rl: 'online RL', methods_lib.best_of_n: 'no training (sampling)',
+            methods_lib.reference: 'no training (sampling)'}
+
+
+def wall_time_markdown(cfg: ExperimentConfig, timings: dict) -> str:
+  """The command's wall time split by part (the shared stages, the reward model, each
+  method's training and evaluation) and by method family, each with its share."""
+  split, total = timings['split'], max(timings['total_s'], 1e-9)
+  families: dict[str, float] = {}
+  for name in cfg.methods:
+    family = FAMILIES.get(METHODS[name]['train'], 'other')
+    for part in ('training', 'evaluation'):
+      key = f'{family}: {part}'
+      families[key] = families.get(key, 0.0) + split.get(f'{name}: {part}', 0.0)
+  rows = ['| part | s | share |', '|---|---|---|']
+  for key, s in [*split.items(), *[(f'**{k}**', v) for k, v in families.items()]]:
+    if s >= 0.05 or key == 'stages':  # a part that took no time is left out
+      rows.append(f'| {key} | {s:.1f} | {100 * s / total:.0f} % |')
+  rows.append(f'| total | {total:.1f} | 100 % |')
+  return '\n'.join(rows) + '\n'
+
+
 def _duration(seconds: float) -> str:
   return (f'{seconds:.0f} s' if seconds < 120 else f'{seconds / 60:.0f} min' if seconds < 7200
           else f'{seconds / 3600:.1f} h')
@@ -311,15 +353,25 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, *, source: dict | None = Non
       frontier = env['frontier']()  # computed by every process: it may run on the mesh
       if writer:
         write_text_atomic(out_dir / 'frontier.csv', frontier.to_csv(index=False))
+    clock: dict[str, float] = {}
+    timed_env = _timed_env(env, clock)
+    split = {'stages': timings['stages_s'],
+             'plan and frontier': time.perf_counter() - t0 - timings['stages_s']}
     for name in cfg.methods:
       t1 = time.perf_counter()
       values = getattr(cfg.sweeps, name, METHODS[name]["values"])  # an entry added at run time
       runs_ = [(v, s) for v in values for s in cfg.seeds]
-      trained = METHODS[name]['train'](env, name, runs_, cfg, out_dir, progress)
+      clock.clear()
+      trained = METHODS[name]['train'](timed_env, name, runs_, cfg, out_dir, progress)
       timings[f'{name}_s'] = time.perf_counter() - t1
+      split['reward model'] = split.get('reward model', 0.0) + clock.get('reward_model', 0.0)
+      split[f'{name}: evaluation'] = clock.get('evaluation', 0.0)
+      split[f'{name}: training'] = (timings[f'{name}_s'] - clock.get('evaluation', 0.0)
+                                    - clock.get('reward_model', 0.0))
       log(f'{name}: {trained} runs trained in {timings[f"{name}_s"]:.1f} s' if trained else
           f'{name}: {len(runs_)} runs complete, skipped')
     timings['total_s'] = time.perf_counter() - t0
+    timings['split'] = split
     distributed.sync('alignlab.pipeline.trained')  # every run dir written before it is read
     runs.write_text(out_dir / 'stages.json', json.dumps(
         {'stages': env.get('stages', {}), 'info': env.get('info', {}), 'timings': timings},
@@ -340,14 +392,13 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, *, source: dict | None = Non
         verdict_lib.verdict(df, budgets=cfg.kl_budgets, by=by, mode=mode), by=by,
         beta=getattr(cfg.task, 'eval_beta', None))
     failed = runs.failures(out_dir)
-    stage_s = timings['stages_s']
-    cost = ', '.join(f'{k[:-2]} {v:.0f} s' for k, v in timings.items()
-                   if k not in ('stages_s', 'total_s'))
+    wall_md = wall_time_markdown(cfg, timings)
     runs.write_text(out_dir / 'summary.md',
         f'# {cfg.name}\n\n'
         f'{df["run"].nunique() if len(df) else 0} runs, {len(df)} evaluation points; '
-        f'{timings["total_s"]:.0f} s (stages {stage_s:.0f} s; {cost}).\n\n'
+        f'{timings["total_s"]:.0f} s.\n\n'
         f'## Verdict: best {by} at each KL budget\n\n{verdict_md}\n'
+        f'## Wall time of this command\n\n{wall_md}\n'
         f'## Best point per method (`results.csv`)\n\n```\n{table}\n```\n'
         + ('\n## Failed runs (they give no point)\n\n' + ''.join(
             f'- {name}: {f["reason"]} at step {f["step"]}\n' for name, f in failed)
@@ -359,6 +410,7 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, *, source: dict | None = Non
       print(f'\nbest point per method ({results_csv}):\n{table}')
       print(f'\nverdict: best {by} at each KL budget (95 % intervals; {out_dir / "summary.md"}):'
             f'\n{verdict_md}')
+      print(f'wall time of this command ({timings["total_s"]:.0f} s):\n{wall_md}')
       for path in figures:
         print(f'plot: {path}')
     if failed:

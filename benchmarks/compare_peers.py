@@ -7,6 +7,8 @@
 Jobs (subprocesses; each prints one JSON line):
   dpo per_batch / precomputed: benchmarks/dpo_step.py vs benchmarks/peers/trl_dpo_step.py
   sampler batch 64 / 8:        benchmarks/sampler.py  vs benchmarks/peers/hf_generate.py
+  rl rloo / grpo / ppo:        benchmarks/rl_iter.py  vs benchmarks/peers/trl_rl_iter.py (trl 1.16)
+                               and benchmarks/peers/trl_ppo_iter.py (trl 1.0, .venv-trl10)
 `--dpo-variants` / `--sampler-variants` add alignlab runs with those variants (benchmarks/variants.py) to every round.
 Every JSON line is appended to --out with the round, the job and the load average; the
 summary (min/median/max of the per-run medians, ratios of medians) is printed at the end
@@ -32,7 +34,7 @@ PEER_PY = os.path.join(HERE, 'peers', '.venv', 'bin', 'python')
 
 
 def jobs(only: set[str], dpo_variants: list[str], sampler_variants: list[str], dpo_steps: int, dpo_repeats: int, trl_steps: int,
-         peak: float) -> list[dict]:
+         peak: float, rl_iters: int = 3) -> list[dict]:
   out = []
   if 'dpo' in only:
     for mode in ('per_batch', 'precomputed'):
@@ -55,6 +57,18 @@ def jobs(only: set[str], dpo_variants: list[str], sampler_variants: list[str], d
       out.append({'name': f'sampler/b{b}/hf', 'group': f'sampler/b{b}', 'impl': 'hf',
                   'cmd': [PEER_PY, 'benchmarks/peers/hf_generate.py', '--batch', str(b),
                           '--repeats', '5']})
+  if 'rl' in only:
+    peer10 = os.path.join(HERE, 'peers', '.venv-trl10', 'bin', 'python')
+    for algo in ('rloo', 'grpo', 'ppo'):
+      shape = ['--prompts', '64', '--k', '1'] if algo == 'ppo' else []  # TRL's PPO: 1 per prompt
+      out.append({'name': f'rl/{algo}/alignlab/baseline', 'group': f'rl/{algo}',
+                  'impl': 'alignlab', 'variant': 'baseline',
+                  'cmd': [JAX_PY, 'benchmarks/rl_iter.py', '--algo', algo, '--iters',
+                          str(rl_iters), '--warmup', '1', *shape]})
+      peer = ([peer10, 'benchmarks/peers/trl_ppo_iter.py'] if algo == 'ppo' else
+              [PEER_PY, 'benchmarks/peers/trl_rl_iter.py', '--algo', algo])
+      out.append({'name': f'rl/{algo}/trl', 'group': f'rl/{algo}', 'impl': 'trl',
+                  'cmd': [*peer, '--iters', str(rl_iters), '--warmup', '1']})
   return out
 
 
@@ -62,6 +76,8 @@ def headline(rec: dict) -> float:
   r = rec['result']
   if 'median_steps_per_s' in r:
     return float(r['median_steps_per_s'])
+  if 'median_iter_s' in r:  # an RL iteration: iterations per second
+    return 1.0 / float(r['median_iter_s'])
   return float(r['median_new_tokens_per_s'])
 
 
@@ -95,6 +111,7 @@ def main():
   p.add_argument('--dpo-steps', type=int, default=5)
   p.add_argument('--dpo-repeats', type=int, default=3)
   p.add_argument('--trl-steps', type=int, default=8)
+  p.add_argument('--rl-iters', type=int, default=3, help='timed RL iterations per run')
   p.add_argument('--peak-gflops', type=float, default=0.0,
                  help='0: measure once now (measure_peak.py) and pass it to every alignlab run')
   p.add_argument('--out', default=os.path.join(HERE, 'raw', 'compare.jsonl'))
@@ -112,7 +129,7 @@ def main():
                           'peak': peak_rec, 'time': time.time()}) + '\n')
   split = lambda text: [v.replace('+', ',') for v in text.split(',') if v]
   todo = jobs(set(args.only.split(',')), split(args.dpo_variants), split(args.sampler_variants),
-              args.dpo_steps, args.dpo_repeats, args.trl_steps, peak)
+              args.dpo_steps, args.dpo_repeats, args.trl_steps, peak, args.rl_iters)
   records = []
   for rnd in range(args.rounds):
     for job in todo:

@@ -28,7 +28,8 @@ def section(out: Path, *, command: str, commit: str, machine: str, wall: str, na
   timings = stages.get('timings', {})
   n_runs = summary.split('\n\n', 2)[1].split(';')[0]
   first = (f'{n_runs}; stages {timings.get("stages_s", 0):.0f} s, then per method: ' + ', '.join(
-      f'{k[:-2]} {v:.0f} s' for k, v in timings.items() if k not in ('stages_s', 'total_s'))
+      f'{k[:-2]} {v:.0f} s' for k, v in timings.items()
+      if k not in ('stages_s', 'total_s') and isinstance(v, (int, float)))
       + '.')
   rm = stages.get('info', {}).get('reward_model', {}).get('heldout_accuracy')
   from_cache = stages.get('info', {}).get('from_cache', {})

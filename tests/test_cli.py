@@ -70,6 +70,16 @@ def test_run_end_to_end_with_overrides_resume_eval_and_plot(capsys, tmp_path):
   assert f'plot: {out / "frontier.png"}' in stdout and 'gap_fraction' in stdout
   record = json.loads((out / 'experiment.json').read_text())
   assert record['variant'] == 'tiny' and record['overrides'] == SMALL[1::2]
+  # The wall time, split into the stages and each method's training and evaluation, adds up
+  # to the command's total; it is printed and in summary.md with the method families.
+  timings = json.loads((out / 'stages.json').read_text())['timings']
+  split = timings['split']
+  assert split['dpo: training'] > 0 and split['dpo: evaluation'] > 0
+  assert split['best_of_n: evaluation'] > 0 and split['best_of_n: training'] < 0.05
+  assert abs(sum(split.values()) - timings['total_s']) < 0.05 * timings['total_s']
+  for row in ('| stages |', '| dpo: training |', '| **offline (preference losses): evaluation** |',
+              '| total |'):
+    assert row in (out / 'summary.md').read_text() and row in stdout, row
 
   run_dir = out / 'dpo-beta0.5-seed0'
   stamp = (run_dir / 'done.json').stat().st_mtime_ns

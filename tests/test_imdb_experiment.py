@@ -51,8 +51,19 @@ def test_tiny_end_to_end_then_reuses_stages(tmp_path):
   assert set(wr[wr['method'] == 'best_of_n']['temperature']) == {1.0}
   assert np.all((wr['win_rate'] >= 0) & (wr['win_rate'] <= 1))
   assert len(df) == len(csv)
-  first = json.loads((tmp_path / 'run1' / 'stages.json').read_text())['info']['from_cache']
+  stages_json = json.loads((tmp_path / 'run1' / 'stages.json').read_text())
+  first = stages_json['info']['from_cache']
   assert not any(first.values()), first
+  # The wall time, split: the stages, the reward model, each method's training and evaluation
+  # add up to the command's total; summary.md shows them with the method families.
+  timings = stages_json['timings']
+  split = timings['split']
+  assert split['reward model'] > 0 and split['dpo: evaluation'] > 0 and split['ppo: training'] > 0
+  assert abs(sum(split.values()) - timings['total_s']) < 0.05 * timings['total_s']
+  summary_md = (tmp_path / 'run1' / 'summary.md').read_text()
+  assert '## Wall time of this command' in summary_md
+  for row in ('| stages |', '| dpo: training |', '| **online RL: evaluation** |', '| total |'):
+    assert row in summary_md, row
 
   # Run again: no stage is trained again, and finished runs are not retrained (their
   # checkpoints' step stays, their eval.jsonl gains no line).

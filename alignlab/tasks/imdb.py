@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import json
 import math
+import time
 from pathlib import Path
 
 import jax
@@ -340,13 +341,23 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
     reward = reward_model_()
     return rm.score(reward.graphdef, reward.params, tokens_BxT, attention_mask_BxT)
 
-  def evaluate_(params, beta=None):
-    """A frontier point; β (the method's own, else eval_beta) only scales the implicit margin."""
+  @functools.cache
+  def heldout_with_ref() -> dict:
+    """The held-out pairs with π_ref's log-probs, computed at the first evaluation only."""
+    return preference.reference_logps(graphdef, ref_params, heldout, prompt_len=p)
+
+  def evaluate_(params, beta=None, timings=None):
+    """A frontier point; β (the method's own, else eval_beta) only scales the implicit margin.
+    `timings` (a dict) collects the seconds of its parts (`evaluate.evaluate_sampled`)."""
     point = evaluate.evaluate_sampled(graphdef, params, ref_params, eval_prompts, gold, key_eval,
-                                      sampling, cfg.eval_beta, proxy, prompt_len=p)
+                                      sampling, cfg.eval_beta, proxy, prompt_len=p,
+                                      timings=timings)
+    t0 = time.perf_counter()
     point.update(evaluate.implicit_reward_accuracy(
-        graphdef, params, ref_params, heldout, beta=cfg.eval_beta if beta is None else beta,
-        prompt_len=p))
+        graphdef, params, ref_params, heldout_with_ref(),
+        beta=cfg.eval_beta if beta is None else beta, prompt_len=p))
+    if timings is not None:
+      timings['implicit_accuracy'] = time.perf_counter() - t0
     point['beta'] = cfg.eval_beta
     return point
 

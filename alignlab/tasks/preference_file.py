@@ -575,6 +575,11 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
     return judge_score(np.concatenate([tokens_BxP, tokens_BxR], 1),
                        np.concatenate([mask_BxP, mask_BxR], 1))
 
+  @functools.cache
+  def heldout_with_ref() -> dict:
+    """The held-out pairs with π_ref's log-probs, computed at the first evaluation only."""
+    return preference.reference_logps(graphdef, ref_params, heldout, prompt_len=p)
+
   def evaluate_(params, beta=None):
     """A point: held-out implicit-reward accuracy at β (the method's own, else eval_beta), the
     exact KL on held-out prompts, and the scores of the same samples under the held-out judge
@@ -585,8 +590,8 @@ def setup(cfg: Config, *, mesh, progress: bool = True, log=print) -> dict:
     point['judge_reward'], point['judge_reward_stderr'] = (point['gold_reward'],
                                                            point['gold_reward_stderr'])
     point.update(evaluate.implicit_reward_accuracy(
-        graphdef, params, ref_params, heldout, beta=cfg.eval_beta if beta is None else beta,
-        prompt_len=p))
+        graphdef, params, ref_params, heldout_with_ref(),
+        beta=cfg.eval_beta if beta is None else beta, prompt_len=p))
     point['beta'] = cfg.eval_beta
     return point
 

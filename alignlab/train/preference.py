@@ -145,8 +145,10 @@ def make_loss_fn(graphdef, loss_name: str, *, prompt_len: int, static_hparams: d
 
 
 @functools.partial(jax.jit, static_argnames=('graphdef', 'prompt_len'))
-def _ref_logps_batch(graphdef, ref_params, batch, prompt_len):
-  model = nnx.merge(graphdef, ref_params)
+def pair_sequence_logps(graphdef, params, batch, prompt_len):
+  """(log π(chosen|x), log π(rejected|x)), each (B,), of a canonical-layout pair batch: the
+  shared prompt read once (`pair_logps`)."""
+  model = nnx.merge(graphdef, params)
   c, r = pair_logps(model, batch, prompt_len)
   return (sum_and_count(c, batch['chosen_response_mask'])[0],
           sum_and_count(r, batch['rejected_response_mask'])[0])
@@ -162,7 +164,7 @@ def reference_logps(graphdef, ref_params, pairs: dict[str, np.ndarray], *, promp
   chosen, rejected = [], []
   for idx, n_real in fixed_batches(n, batch_size):
     batch = {k: jnp.asarray(pairs[k][idx]) for k in keys if k.endswith(('tokens', 'mask'))}
-    c, r = _ref_logps_batch(graphdef, ref_params, batch, prompt_len)
+    c, r = pair_sequence_logps(graphdef, ref_params, batch, prompt_len)
     chosen.append(np.asarray(c)[:n_real])
     rejected.append(np.asarray(r)[:n_real])
   return {**pairs, 'ref_chosen_logps': np.concatenate(chosen).astype(np.float32),

@@ -155,3 +155,25 @@ def versions() -> dict:
 
 def median(xs) -> float:
     return float(statistics.median(xs))
+
+
+def emit_iterations(trl_version: str, algo: str, args, timed: list[dict], keys: list[str],
+                    init_time_s: float, train_time_s: float, settings: dict) -> None:
+    """Prints the one JSON line of an RL iteration benchmark: per-iteration lists and medians
+    of each bucket in `keys`, the share of the total the three buckets cover, the settings."""
+    import json
+    result = {"impl": "trl", "trl_version": trl_version,
+              **{k: v for k, v in versions().items() if k != "trl_version"},
+              "algo": algo, "iters": args.iters, "warmup": args.warmup}
+    for k in keys:
+        result[k] = [round(r[k], 6) for r in timed]
+    for k in keys:
+        result["median_" + k] = round(median([r[k] for r in timed]), 6)
+    result["median_iter_s"] = result["median_total_s"]
+    result["bucket_sum_over_total"] = round(
+        sum(r["generate_s"] + r["score_s"] + r["update_s"] for r in timed)
+        / sum(r["total_s"] for r in timed), 6)
+    result["trainer_init_s"] = round(init_time_s, 4)
+    result["train_total_s"] = round(train_time_s, 4)
+    result["settings"] = settings
+    print(json.dumps(result), flush=True)
