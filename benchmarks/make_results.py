@@ -120,6 +120,69 @@ def mmm(s: dict, digits: int = 3) -> str:
   return f'{fmt(s["min"], digits)} / **{fmt(s["median"], digits)}** / {fmt(s["max"], digits)}'
 
 
+GPU_CMD = f'{JAX_PY} benchmarks/gpu_suite.py'
+
+
+def gpu_section(w) -> None:
+  """RESULTS.md's `## GPU`: the latest non-smoke GPU run of benchmarks/gpu_suite.py recorded in
+  benchmarks/raw/gpu.jsonl, or how to make one. Smoke records and CPU-backend records are never
+  rendered as GPU numbers."""
+  from gpu_suite import headline
+  w('## GPU')
+  w('')
+  recs = [r for r in read_jsonl(os.path.join(RAW, 'gpu.jsonl'))
+          if r.get('suite') == 'gpu_suite' and not r.get('smoke')
+          and r.get('backend') not in (None, 'cpu')]
+  if not recs:
+    w('No GPU has been lent to this project yet, so there are no GPU numbers. On a GPU machine, '
+      'one command runs every benchmark (bf16, GPT-2 small shapes, MFU against the bf16 matmul '
+      'peak measured there) and appends one JSON line per job to `benchmarks/raw/gpu.jsonl`:')
+    w('')
+    w('```bash')
+    w(GPU_CMD)
+    w('```')
+    w('')
+    w('Through a device lease (the `run` tool), the repo root is the working directory and files '
+      'written under `$OUT` come back; the bare machine\'s `python3` has JAX with CUDA but not '
+      '`grain`, so carry its wheels in `.whl` (the download command is in the docstring of '
+      '`benchmarks/gpu_suite.py`) and run, with `carry: [".whl"]`:')
+    w('')
+    w('```bash')
+    w('PYTHONUNBUFFERED=1 python3 benchmarks/gpu_suite.py --wheels .whl --out $OUT/gpu.jsonl')
+    w('```')
+    w('')
+    w('then copy the returned `gpu.jsonl` to `benchmarks/raw/gpu.jsonl` and re-render with '
+      f'`{JAX_PY} benchmarks/make_results.py --from-raw`. `--smoke` checks the suite on a CPU '
+      '(its records are marked `"smoke": true` and never shown here).')
+    w('')
+    return
+  latest = max(r['suite_id'] for r in recs)
+  run = [r for r in recs if r['suite_id'] == latest]
+  pre = next((r for r in run if r['job'] == 'preflight'), None)
+  info = pre['result'] if pre and pre.get('status') == 'ok' else {}
+  n_runs = len({r['suite_id'] for r in recs})
+  jobs = [r for r in run if r['job'] != 'preflight']
+  ok = sum(r['status'] == 'ok' for r in jobs)
+  w(f'`{GPU_CMD}` (raw JSON lines: `benchmarks/raw/gpu.jsonl`), the run of {latest} '
+    f'({n_runs} GPU run{"s" if n_runs > 1 else ""} recorded, the latest shown): device '
+    f'**{run[0].get("device_kind")}** ({run[0].get("backend")}), jax {info.get("jax_version", "?")}, '
+    f'python {info.get("python", "?")}; {ok} of {len(jobs)} jobs ok. bf16 activations, float32 '
+    'parameters, GPT-2 small (124M) shapes; MFU against the bf16 matmul peak of the `peak` job.')
+  w('')
+  peak = next((r for r in jobs if r['job'] == 'peak' and r['status'] == 'ok'), None)
+  if peak:
+    w(f'- Peak: {headline(peak)}.')
+    w('')
+  w('| job | headline | wall s | command |')
+  w('|---|---|---|---|')
+  for r in jobs:
+    cmd = ' '.join(r['cmd']) if r.get('cmd') else ''
+    wall = f'{r["wall_s"]:.0f}' if r.get('wall_s') is not None else ''
+    w(f'| `{r["job"]}` | {headline(r).replace("|", "/")} | {wall} | '
+      f'{f"`{cmd}`" if cmd else ""} |')
+  w('')
+
+
 def render() -> str:
   records = []
   for _, name in COMPARE_CMDS:
@@ -267,22 +330,7 @@ def render() -> str:
   else:
     w('not run yet')
   w('')
-  w('## GPU')
-  w('')
-  w('Not measured: no GPU was lent to this task. On a GPU machine run (bf16, GPT-2 small shapes, '
-    'MFU against the bf16 matmul peak measured there):')
-  w('')
-  w('```bash')
-  w('.venv/bin/python benchmarks/measure_peak.py --dtype bfloat16 --sizes 4096 8192')
-  w('.venv/bin/python benchmarks/dpo_step.py --mode per_batch   --dtype bfloat16 --config gpt2_small')
-  w('.venv/bin/python benchmarks/dpo_step.py --mode precomputed --dtype bfloat16 --config gpt2_small')
-  w('.venv/bin/python benchmarks/sampler.py --batch 64 --dtype bfloat16 --config gpt2_small')
-  w('.venv/bin/python benchmarks/foundation.py --dtype bfloat16 --config gpt2_small')
-  w('```')
-  w('')
-  w('(For a bf16 MFU pass `--peak-gflops` with the bf16 peak from the first command; by default the '
-    'scripts measure an fp32 peak.)')
-  w('')
+  gpu_section(w)
   findings = os.path.join(HERE, 'findings.md')
   if os.path.exists(findings):
     w(open(findings).read().strip())

@@ -51,12 +51,13 @@ def main():
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from alignlab import sharding
+  from alignlab import pipeline, sharding
   from alignlab.config import MeshConfig, OptimizerConfig, SamplingConfig
   from alignlab.heads import CausalLM, ScalarModel
   from alignlab.train import ppo
   from alignlab.train.rollout import RewardModel
 
+  pipeline.enable_compilation_cache()  # the warm-up iteration compiles; it is not timed
   cfg = bc.model_config(args.config, args.dtype)
   mesh = sharding.make_mesh(MeshConfig.single(), jax.devices()[:1])
   graphdef, policy = sharding.init_params(lambda r: CausalLM(cfg, rngs=r), mesh,

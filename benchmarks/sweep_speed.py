@@ -16,6 +16,8 @@ Prints one JSON object. Two measurements, compile time always apart:
   (`core.sequential.compile_s` × R).
 
 Run: .venv/bin/python benchmarks/sweep_speed.py --runs 8 --steps 200 --api
+GPU (benchmarks/gpu_suite.py): --config gpt2_small --dtype bfloat16 takes GPT-2 small's body
+shapes (the exact task's vocabulary and length stay) and bf16 activations.
 """
 
 from __future__ import annotations
@@ -45,11 +47,21 @@ from alignlab.train.optim import make_optimizer
 from alignlab.train.step import init_state, make_train_step
 
 
+def model_body(args) -> dict:
+  """The transformer body's shapes: --d-model / --layers (4 heads, d_ff 2·d_model), or those of
+  a named benchmark config (`--config`; the exact task's vocabulary and length stay)."""
+  if args.config:
+    base = getattr(ModelConfig, args.config)()
+    return {'d_model': base.d_model, 'n_layers': base.n_layers, 'n_heads': base.n_heads,
+            'd_ff': base.ff_dim}
+  return {'d_model': args.d_model, 'n_layers': args.layers, 'n_heads': 4, 'd_ff': 2 * args.d_model}
+
+
 def setup(args):
   task = exact.ExactTaskConfig()  # 8 prompts, V = 8, length 4
+  body = model_body(args)
   model = ModelConfig(vocab_size=exact.model_vocab_size(task), max_seq_len=task.length + 1,
-                      d_model=args.d_model, n_layers=args.layers, n_heads=4, d_ff=2 * args.d_model,
-                      masked_output_ids=exact.masked_output_ids(task))
+                      **body, dtype=args.dtype, masked_output_ids=exact.masked_output_ids(task))
   mesh = sharding.make_mesh(MeshConfig.single(), jax.devices()[:1])
   graphdef, params = sharding.init_params(lambda r: CausalLM(model, rngs=r), mesh, jax.random.key(0))
   r = jnp.asarray(exact.gold_reward(task))
@@ -186,6 +198,10 @@ def main():
   parser.add_argument('--pairs-per-prompt', type=int, default=512)
   parser.add_argument('--d-model', type=int, default=64)
   parser.add_argument('--layers', type=int, default=2)
+  parser.add_argument('--config', default='', choices=['', 'gpt2_bench', 'gpt2_small'],
+                      help="the body shapes of that config instead of --d-model / --layers")
+  parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'],
+                      help='activation dtype (parameters stay float32)')
   parser.add_argument('--rounds', type=int, default=5,
                       help='interleaved timing rounds of the core programs (compiled once)')
   parser.add_argument('--api', action='store_true', help='also time fit × R vs fit_runs')
@@ -193,7 +209,8 @@ def main():
   args = parser.parse_args()
   mesh, graphdef, params, pairs = setup(args)
   out = {'bench': 'sweep_speed', 'runs': args.runs, 'steps': args.steps, 'batch': args.batch,
-         'model': {'d_model': args.d_model, 'layers': args.layers},
+         'model': {'d_model': model_body(args)['d_model'], 'layers': model_body(args)['n_layers'],
+                   'config': args.config or None, 'dtype': args.dtype},
          'task': 'exact (8 prompts, V=8, length 4)', 'device': str(jax.devices()[0]),
          'backend': jax.default_backend(), 'jax': jax.__version__,
          'machine': platform.machine(), 'cpus': os.cpu_count(),
