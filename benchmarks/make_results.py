@@ -27,14 +27,17 @@ from compare_peers import summarize  # noqa: E402
 JAX_PY = '.venv/bin/python'
 IDLE_PEER = {'dpo/per_batch': 0.61, 'dpo/precomputed': 0.61, 'sampler/b64': 2299.0,
              'sampler/b8': 1033.0}  # issue 7 ('measured on this machine'); TRL: per-batch mode
-GOALS = {'dpo': 2.0, 'sampler': 4.0, 'mfu': 0.65, 'sweep': 3.0}
+GOALS = {'dpo': 2.0, 'sampler': 4.0, 'mfu': 0.65, 'sweep': 3.0, 'rl': 3.0, 'eval_point': 1.5}
 PEAK_CMD = [JAX_PY, 'benchmarks/measure_peak.py', '--sizes', '2048', '4096']
 COMPARE_CMDS = [
     ([JAX_PY, 'benchmarks/compare_peers.py', '--only', 'dpo', '--rounds', '5', '--dpo-steps', '3',
       '--dpo-repeats', '3', '--trl-steps', '2'], 'compare.jsonl'),
     ([JAX_PY, 'benchmarks/compare_peers.py', '--only', 'sampler', '--rounds', '5',
       '--sampler-variants', 'flat_cdf,gumbel'], 'compare_sampler.jsonl'),
+    ([JAX_PY, 'benchmarks/compare_peers.py', '--only', 'rl', '--rounds', '5', '--rl-iters', '3'],
+     'compare_rl.jsonl'),
 ]
+EVAL_POINT_CMD = [JAX_PY, 'benchmarks/eval_point.py', '--prompts', '512', '--rounds', '5']
 FOUNDATION_CMD = [JAX_PY, 'benchmarks/foundation.py', '--repeats', '5']
 SWEEP_CMD = [JAX_PY, 'benchmarks/sweep_speed.py', '--runs', '8', '--steps', '200', '--api']
 
@@ -51,6 +54,9 @@ def run_all() -> None:
       os.replace(out, out + '.old')
     subprocess.run(cmd + ['--peak-gflops', f'{peak["peak_gflops"]:.1f}', '--out', out], cwd=REPO,
                    check=True)
+  res = subprocess.run(EVAL_POINT_CMD, cwd=REPO, capture_output=True, text=True, check=True)
+  with open(os.path.join(RAW, 'eval_point.json'), 'w') as f:
+    f.write(res.stdout.strip().splitlines()[-1] + '\n')
   FOUNDATION_CMD.extend(['--peak-gflops', f'{peak["peak_gflops"]:.1f}'])
   for cmd, name in ((FOUNDATION_CMD, 'foundation.json'), (SWEEP_CMD, 'sweep_speed.json')):
     if not os.path.exists(os.path.join(REPO, cmd[1])):
@@ -180,6 +186,82 @@ def gpu_section(w) -> None:
     wall = f'{r["wall_s"]:.0f}' if r.get('wall_s') is not None else ''
     w(f'| `{r["job"]}` | {headline(r).replace("|", "/")} | {wall} | '
       f'{f"`{cmd}`" if cmd else ""} |')
+  w('')
+
+
+def rl_section(w, records: list[dict]) -> None:
+  """`## Online RL iteration vs TRL`: seconds per iteration and its split, both sides."""
+  w('## Online RL iteration vs TRL')
+  w('')
+  recs = [r for r in records if r.get('group', '').startswith('rl/') and 'result' in r]
+  if not recs:
+    w('not run yet')
+    w('')
+    return
+  w('One iteration = generation + scoring + one optimizer step on the GPT-2-shaped benchmark '
+    'model (4 layers, d 256, vocab 8,192), 16 prompts of 8 tokens × 4 completions of exactly 64 '
+    'new tokens (PPO: 64 prompts × 1, as TRL\'s PPO trainer samples one per prompt), temperature '
+    '1, KL coefficient 0.05, Adam lr 1e-6; RLOO and GRPO score with the same plain function '
+    '(the fraction of even token ids), PPO with a reward model and a value model of the '
+    'policy\'s shape. TRL: `RLOOTrainer` / `GRPOTrainer` of trl 1.16, the experimental '
+    '`PPOTrainer` of trl 1.0 (`benchmarks/peers/`); its buckets are defined in the scripts\' '
+    'docstrings (advantages count as scoring there, as update in alignlab). Per process, the '
+    'median of its timed iterations (after one untimed warm-up); min / **median** / max over '
+    'the interleaved processes; the speed-up divides the medians.')
+  w('')
+  w('| algorithm | impl | runs | s / iteration min / median / max | generation s | scoring s '
+    '| update s | speed-up vs TRL | goal ≥ 3× |')
+  w('|---|---|---|---|---|---|---|---|---|')
+  for algo in ('rloo', 'grpo', 'ppo'):
+    sides = {}
+    for impl in ('alignlab', 'trl'):
+      mine = [r['result'] for r in recs if r['group'] == f'rl/{algo}' and r['impl'] == impl]
+      if mine:
+        sides[impl] = mine
+    med = {impl: bc.stats([x['median_iter_s'] for x in xs])['median'] for impl, xs in sides.items()}
+    for impl, xs in sides.items():
+      st = bc.stats([x['median_iter_s'] for x in xs])
+      parts = [bc.stats([x[f'median_{k}_s'] for x in xs])['median']
+               for k in ('generate', 'score', 'update')]
+      speed = med['trl'] / med['alignlab'] if impl == 'alignlab' and 'trl' in med else None
+      goal = (f'{"met" if speed >= GOALS["rl"] else "not met"}' if speed is not None else '')
+      w(f'| {algo} | {impl} | {st["n"]} | {mmm(st)} | {parts[0]:.2f} | {parts[1]:.2f} | '
+        f'{parts[2]:.2f} | {f"{speed:.2f}×" if speed is not None else ""} | {goal} |')
+  w('')
+
+
+def eval_point_section(w) -> None:
+  """`## Evaluation point`: one IMDb frontier point split into its parts, against the sampler."""
+  w('## Evaluation point (IMDb, quick model, 512 prompts)')
+  w('')
+  path = os.path.join(RAW, 'eval_point.json')
+  if not os.path.exists(path):
+    w('not run yet')
+    w('')
+    return
+  r = read_jsonl(path)[-1]
+  st = r['stats']
+  w(f'`{" ".join(EVAL_POINT_CMD)}`: {r["rounds"][0]["response_tokens"]:.0f} response tokens per '
+    f'point ({r["n_point"]} prompts), gold reward {r["gold"]}, load average {r["loadavg_start"]} '
+    'at the start. Per round, interleaved: the sampler alone on the same prompts, the whole point '
+    '(`env["evaluate"]`), then the point again with each part timed apart (each waits for its '
+    'result, so they do not overlap). Seconds, min / **median** / max over the rounds.')
+  w('')
+  w('| part | seconds |')
+  w('|---|---|')
+  for k, label in (('sampler_s', 'the sampler alone'), ('point_s', '**the whole point**'),
+                   ('part/sample', 'part: sampling'),
+                   ('part/kl', 'part: π and π_ref forwards, exact per-token KL, k1, k3'),
+                   ('part/gold', 'part: gold reward (host)'),
+                   ('part/proxy', 'part: reward model (proxy reward)'),
+                   ('part/implicit_accuracy', 'part: implicit-reward accuracy, held-out pairs')):
+    if k in st:
+      w(f'| {label} | {mmm(st[k])} |')
+  ratio = r['point_over_sampler']
+  w('')
+  w(f'A point costs **{ratio["median"]:.2f}×** the sampler alone (per-round min–max '
+    f'{ratio["min"]:.2f}–{ratio["max"]:.2f}); goal ≤ {GOALS["eval_point"]:g}× '
+    f'({"met" if ratio["median"] <= GOALS["eval_point"] else "not met"}).')
   w('')
 
 
@@ -330,6 +412,8 @@ def render() -> str:
   else:
     w('not run yet')
   w('')
+  rl_section(w, records)
+  eval_point_section(w)
   gpu_section(w)
   findings = os.path.join(HERE, 'findings.md')
   if os.path.exists(findings):

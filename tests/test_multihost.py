@@ -267,6 +267,33 @@ def test_rl_methods_on_two_processes_equal_one(tmp_path):
       np.testing.assert_allclose(b[c][rows], a[c][rows], rtol=0, atol=1e-5, err_msg=c)
 
 
+CI_COMMAND = COMMAND + ['--set', "methods=['dpo','ppo','best_of_n']"]
+
+
+def test_two_processes_run_dpo_and_ppo_as_one_does(tmp_path):
+  """The default suite's end-to-end check (the slow tests above add the split run axis, GRPO,
+  RLOO and the sampled evaluation): the tiny exact frontier with a DPO fit, a PPO run (reward
+  model, value model, adaptive KL) and Best-of-N, on two processes of 4 devices, writes the
+  out dir one process of 8 writes: the same files once each, the same losses and PPO metrics
+  (1e-5), the same results.csv (1e-5), and only process 0 speaks."""
+  one, two, outputs = _one_and_two(CI_COMMAND, tmp_path, timeout=600)
+  for marker in ('best point per method', 'verdict:', 'plot: ', 'evaluation points from'):
+    assert marker in outputs[0][1] and marker not in outputs[1][1], marker
+  assert _files(two) == _files(one)
+  trained = sorted(p.parent.name for p in one.glob('*/done.json'))
+  assert trained == ['best_of_n-n4-seed0', 'dpo-beta1-seed0', 'ppo-kl_target1-seed0'], trained
+  np.testing.assert_allclose(_losses(two)['dpo-beta1-seed0'], _losses(one)['dpo-beta1-seed0'],
+                             rtol=1e-5, atol=1e-6)
+  _metrics_equal(one, two, 'ppo-kl_target1-seed0')
+  a, b = pd.read_csv(one / 'results.csv'), pd.read_csv(two / 'results.csv')
+  assert list(a.columns) == list(b.columns) and a[['method', 'step']].equals(b[['method', 'step']])
+  at_reference = (a['step'] == 0).to_numpy() & (a['method'] != 'best_of_n').to_numpy()
+  for c in a.columns:
+    if pd.api.types.is_numeric_dtype(a[c]) and c != 'wall_s':
+      rows = ~at_reference if c in NOISE_AT_REFERENCE else np.ones(len(a), bool)
+      np.testing.assert_allclose(b[c][rows], a[c][rows], rtol=0, atol=1e-5, err_msg=c)
+
+
 HEARTBEAT_S = 20
 LONG_COMMAND = COMMAND + ['--set', "methods=['dpo']", '--set', 'train.steps=100', '--set',
                           'train.save_every=10', '--set', 'train.eval_every=100']
@@ -316,7 +343,6 @@ def test_a_killed_process_ends_the_other_and_a_rerun_resumes(tmp_path, monkeypat
   assert list(out.glob('dpo-*/done.json'))
 
 
-@pytest.mark.slow
 def test_two_processes_refuse_a_bad_mesh_and_different_configs(tmp_path):
   out = tmp_path / 'out'
   t0 = time.perf_counter()
