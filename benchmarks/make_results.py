@@ -242,7 +242,7 @@ def eval_point_section(w) -> None:
   r = read_jsonl(path)[-1]
   st = r['stats']
   w(f'`{" ".join(EVAL_POINT_CMD)}`: {r["rounds"][0]["response_tokens"]:.0f} response tokens per '
-    f'point ({r["n_point"]} prompts), gold reward {r["gold"]}, load average {r["loadavg_start"]} '
+    f'point ({int(r["n_point"])} prompts), gold reward {r["gold"]}, load average {r["loadavg_start"]} '
     'at the start. Per round, interleaved: the sampler alone on the same prompts, the whole point '
     '(`env["evaluate"]`), then the point again with each part timed apart (each waits for its '
     'result, so they do not overlap). Seconds, min / **median** / max over the rounds.')
