@@ -284,8 +284,18 @@ def render() -> str:
   w('')
   w('## Machine')
   w('')
-  w(f'- CPU: {bc.cpu_model()}, {os.cpu_count()} cores (AVX-512), no GPU; jax {first.get("jax_version", "?")}, '
-    'XLA:CPU, fp32.')
+  # The tables may come from different sessions on different machines: each names its own,
+  # read from the records (the CPU that rendered this file is not the one that measured).
+  measured_on = {}
+  for r in runs:
+    if 'cpu' in r['result']:  # alignlab's records carry it; the peers ran beside them
+      measured_on.setdefault(r['group'].split('/')[0], set()).add(r['result']['cpu'])
+  point = read_jsonl(os.path.join(RAW, 'eval_point.json'))
+  if point:
+    measured_on['eval_point'] = {point[-1].get('cpu', '?')}
+  w('- CPU of each table\'s runs (from their records): ' + '; '.join(
+      f'{k}: {", ".join(sorted(v))}' for k, v in measured_on.items())
+    + f'; 2 cores (AVX-512), no GPU; jax {first.get("jax_version", "?")}, XLA:CPU, fp32.')
   if loads:
     busy = sorted(loads)[len(loads) // 2] > 3.0  # the benchmark itself keeps ≈ 2 cores busy
     w(f'- 1-minute load average during the runs: min {min(loads):.1f}, median '

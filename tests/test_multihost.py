@@ -142,8 +142,9 @@ def _one_and_two(command, tmp_path: Path, timeout: int):
   t_one = time.perf_counter() - t0
   t0 = time.perf_counter()
   outputs = _two(lambda i: command + ['--out', str(two)], tmp_path / 'cache2', timeout=timeout)
-  for rc, _, err in outputs:
-    assert rc == 0, err[-3000:]
+  # On a failure show both processes: the one that aborts first is often not the one at fault.
+  assert all(rc == 0 for rc, _, _ in outputs), '\n'.join(
+      f'--- process {i} (exit {rc}):\n{err[-2500:]}' for i, (rc, _, err) in enumerate(outputs))
   print(f'1 process × 8 devices: {t_one:.0f} s; 2 processes × 4 devices: '
         f'{time.perf_counter() - t0:.0f} s')
   return one, two, outputs
