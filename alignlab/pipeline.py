@@ -40,7 +40,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from alignlab import methods as methods_lib
-from alignlab import distributed, plots, runs, sharding
+from alignlab import distributed, plots, runs, sharding, stages
 from alignlab.artifacts import write_text_atomic
 from alignlab import verdict as verdict_lib
 from alignlab.config import (ConfigError, MeshConfig, _parse_value, apply_overrides, config_hash,
@@ -268,23 +268,23 @@ def plan(cfg: ExperimentConfig, env: dict, out_dir: Path) -> str:
           f'{_duration(flops / rate)}, before sampling and evaluation')
 
 
-TIMED = {'evaluate': 'evaluation', 'win_rates': 'evaluation', 'best_of_n': 'evaluation',
-         'reward_model': 'reward_model'}  # env functions → the part of the wall time they are
+TIMED = ('evaluate', 'win_rates', 'best_of_n')  # the env's evaluation functions
 
 
 def _timed_env(env: dict, clock: dict[str, float]) -> dict:
-  """`env` with its evaluation functions and the lazily built reward model timed into
-  `clock` (seconds per part). Each returns host numbers (or a built stage), so its wall
-  time is its cost; a reward model read from the cache costs its restore."""
-  def timed(fn, part):
+  """`env` with its evaluation functions timed into `clock['evaluation']`. Each returns host
+  numbers, so its wall time is its cost; a stage it builds on first use (the reward model of
+  a proxy reward) is left out, counted apart by `stages.seconds_spent`."""
+  def timed(fn):
     def wrapped(*args, **kwargs):
-      t0 = time.perf_counter()
+      t0, s0 = time.perf_counter(), stages.seconds_spent()
       try:
         return fn(*args, **kwargs)
       finally:
-        clock[part] = clock.get(part, 0.0) + time.perf_counter() - t0
+        clock['evaluation'] = (clock.get('evaluation', 0.0) + time.perf_counter() - t0
+                               - (stages.seconds_spent() - s0))
     return wrapped
-  return {**env, **{k: timed(env[k], part) for k, part in TIMED.items() if k in env}}
+  return {**env, **{k: timed(env[k]) for k in TIMED if k in env}}
 
 
 FAMILIES = {methods_lib.train_preference: 'offline (preference losses)',
@@ -362,12 +362,13 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, *, source: dict | None = Non
       values = getattr(cfg.sweeps, name, METHODS[name]["values"])  # an entry added at run time
       runs_ = [(v, s) for v in values for s in cfg.seeds]
       clock.clear()
+      s1 = stages.seconds_spent()
       trained = METHODS[name]['train'](timed_env, name, runs_, cfg, out_dir, progress)
       timings[f'{name}_s'] = time.perf_counter() - t1
-      split['reward model'] = split.get('reward model', 0.0) + clock.get('reward_model', 0.0)
+      built = stages.seconds_spent() - s1  # e.g. the reward model, built when first needed
+      split['stages built on first use'] = split.get('stages built on first use', 0.0) + built
       split[f'{name}: evaluation'] = clock.get('evaluation', 0.0)
-      split[f'{name}: training'] = (timings[f'{name}_s'] - clock.get('evaluation', 0.0)
-                                    - clock.get('reward_model', 0.0))
+      split[f'{name}: training'] = timings[f'{name}_s'] - clock.get('evaluation', 0.0) - built
       log(f'{name}: {trained} runs trained in {timings[f"{name}_s"]:.1f} s' if trained else
           f'{name}: {len(runs_)} runs complete, skipped')
     timings['total_s'] = time.perf_counter() - t0

@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,11 +36,32 @@ from alignlab.data.cache import cache_dir, copy_logs, work_dir
 __all__ = ['cached_stage', 'save_params', 'restore_params', 'copy_logs', 'read_json']
 
 
+_SPENT = {'s': 0.0, 'depth': 0}  # wall seconds in `cached_stage` (outermost calls), nesting
+
+
+def seconds_spent() -> float:
+  """Wall seconds this process has spent in `cached_stage` (verifying or building entries):
+  `pipeline.run` reads its growth to report a stage built on first use (a reward model) apart
+  from the method or evaluation that first asked for it."""
+  return _SPENT['s']
+
+
 def cached_stage(kind: str, key: Any, build: Callable[[Path, Path], None]) -> tuple[Path, bool]:
   """(the entry of `kind` for `key`, whether it came from the cache); on a miss it is built
   by `build(out_dir, work_dir)`. An entry is verified against its manifest (sizes and
   checksums, `artifacts.py`) on every use: a missing, truncated or altered file makes it be
   rebuilt, with a one-line note."""
+  t0 = time.perf_counter()
+  _SPENT['depth'] += 1
+  try:
+    return _cached_stage(kind, key, build)
+  finally:
+    _SPENT['depth'] -= 1
+    if not _SPENT['depth']:  # a stage built inside another counts once
+      _SPENT['s'] += time.perf_counter() - t0
+
+
+def _cached_stage(kind: str, key: Any, build: Callable[[Path, Path], None]) -> tuple[Path, bool]:
   target = cache_dir(kind, key)
   work = work_dir(target)
   if distributed.process_count() > 1:
