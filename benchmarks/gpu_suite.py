@@ -23,8 +23,8 @@ Jobs, in order (subprocesses of the existing scripts, each prints one JSON objec
 eval_point.py is left out: it needs the IMDb stages, which a bare GPU machine does not have.
 
 Each record (one JSON line in --out, default benchmarks/raw/gpu.jsonl; smoke runs default to
-/tmp/alignlab_gpu_smoke.jsonl) holds the job, its command, the device kind and backend, a UTC
-timestamp, the suite run's id, `"smoke"`, a status ('ok', 'failed', 'timeout', 'skipped') and the
+`alignlab_gpu_smoke.jsonl` in the system's temporary directory) holds the job, its command, the
+device kind and backend, a UTC timestamp, the suite run's id, `"smoke"`, a status ('ok', 'failed', 'timeout', 'skipped') and the
 script's JSON (`result`) or the stderr tail. A failed job is recorded and the suite goes on.
 A first `preflight` record says which device JAX sees and whether the alignlab modules import.
 `--timeout` bounds each job, `--budget-s` the whole suite (jobs that would start after it are
@@ -71,7 +71,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 PEER_PY = os.path.join(HERE, 'peers', '.venv', 'bin', 'python')
 DEFAULT_OUT = os.path.join('benchmarks', 'raw', 'gpu.jsonl')
-SMOKE_OUT = '/tmp/alignlab_gpu_smoke.jsonl'
+SMOKE_OUT = os.path.join(tempfile.gettempdir(), 'alignlab_gpu_smoke.jsonl')
 GROUPS = ('peak', 'dpo', 'sampler', 'sweep', 'rl', 'peer')
 MIN_JOB_S = 15.0  # a job is not started with less budget than this left
 
