@@ -177,3 +177,15 @@ def emit_iterations(trl_version: str, algo: str, args, timed: list[dict], keys: 
     result["train_total_s"] = round(train_time_s, 4)
     result["settings"] = settings
     print(json.dumps(result), flush=True)
+
+
+def plain_training_args(args) -> dict:
+    """The `transformers.TrainingArguments` settings every RL peer shares: constant AdamW at
+    `args.lr` (`args.optim`), fp32 on the CPU, seeded, no data-loader workers, and no logging,
+    saving, evaluation or progress bar, so an iteration times the algorithm alone."""
+    return dict(learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
+                optim=args.optim, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999,
+                adam_epsilon=1e-8, bf16=False, fp16=False, use_cpu=True, seed=args.seed,
+                dataloader_num_workers=0, dataloader_pin_memory=False, logging_strategy="no",
+                logging_steps=10**9, save_strategy="no", eval_strategy="no", report_to="none",
+                disable_tqdm=True)

@@ -173,27 +173,8 @@ def main(argv=None):
         gamma=1.0,
         lam=0.95,
         num_sample_generations=0,
-        learning_rate=args.lr,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        optim=args.optim,
-        weight_decay=0.0,
-        adam_beta1=0.9,
-        adam_beta2=0.999,
-        adam_epsilon=1e-8,
         gradient_checkpointing=False,  # TRL's _BaseConfig defaults it to True
-        bf16=False,
-        fp16=False,
-        use_cpu=True,
-        seed=args.seed,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-        logging_strategy="no",
-        logging_steps=10**9,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
+        **common.plain_training_args(args),
     )
 
     class IterTimer(TrainerCallback):

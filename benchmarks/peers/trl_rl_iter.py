@@ -230,31 +230,12 @@ def main(argv=None):
         repetition_penalty=1.0,
         beta=args.beta,
         mask_truncated_completions=False,  # every completion hits the length limit; keep them all
-        learning_rate=args.lr,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        optim=args.optim,
-        weight_decay=0.0,
-        adam_beta1=0.9,
-        adam_beta2=0.999,
-        adam_epsilon=1e-8,
         max_grad_norm=args.max_grad_norm,
         activation_checkpointing=False,  # TRL's _BaseConfig defaults gradient_checkpointing to True
-        bf16=False,
-        fp16=False,
-        use_cpu=True,
         disable_dropout=True,
         use_vllm=False,
-        seed=args.seed,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-        logging_strategy="no",
-        logging_steps=10**9,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
         log_completions=False,
+        **common.plain_training_args(args),
     )
     if args.algo == "grpo":
         common_kwargs.update(loss_type=args.grpo_loss_type)
