@@ -348,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   except KeyboardInterrupt:
     print('alignlab: interrupted; run the same command again to resume', file=sys.stderr)
     return 130
+  finally:
+    distributed.watch_exit()
 
 
 if __name__ == '__main__':

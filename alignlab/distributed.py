@@ -21,6 +21,7 @@ has the launch commands.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 from typing import Any
 
@@ -102,7 +103,22 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   kwargs.update(_timeouts())
   jax.distributed.initialize(**kwargs)
+  # JAX ends the survivors of a dead peer with abort(): print where each thread of this
+  # process was then, so a hang's report shows the collective it hung in.
+  faulthandler.enable()
   return jax.process_count() > 1
+
+
+EXIT_WATCH_S = 120
+
+
+def watch_exit(seconds: float = EXIT_WATCH_S) -> None:
+  """After a command's work on one of several processes: if this process is still alive
+  `seconds` later (JAX's shutdown barrier waits for every process; a peer stuck elsewhere
+  holds it for `shutdown_timeout_seconds`, 300 s), print every thread's stack to stderr, so
+  the report of such a hang names where each process was. A no-op on one process."""
+  if process_count() > 1:
+    faulthandler.dump_traceback_later(seconds, exit=False)
 
 
 def _backend_started() -> bool:

@@ -28,6 +28,7 @@
 # %% tags=["parameters"]
 VARIANT = 'quick'
 OUT_DIR = None  # default: $ALIGNLAB_RUNS/exact_data_size-<VARIANT> ($ALIGNLAB_RUNS: ./runs)
+FIGURE = None  # a path: the figure is also saved there (the README's is made this way)
 
 # %%
 from pathlib import Path
@@ -52,6 +53,8 @@ plots.draw_grid(ax, df, X, 'gap_fraction', 'min',
                       f'{cfg.task.problem.n_responses} responses), β = {cfg.task.eval_beta:g}')
 ax.set_xlabel('preference pairs per prompt')
 fig.tight_layout()
+if FIGURE:
+  fig.savefig(FIGURE, dpi=120)
 
 # %% [markdown]
 # The numbers behind the figure, and the two-line finding computed from them:

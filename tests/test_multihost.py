@@ -300,8 +300,9 @@ LONG_COMMAND = COMMAND + ['--set', "methods=['dpo']", '--set', 'train.steps=100'
                           'train.save_every=10', '--set', 'train.eval_every=100']
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('victim', [1, 0])
+# Process 1 in the default suite (the heartbeat path: 78 s on the idle machine); process 0
+# (the coordinator: the other aborts at once; 61 s) with the slow tests.
+@pytest.mark.parametrize('victim', [1, pytest.param(0, marks=pytest.mark.slow)])
 def test_a_killed_process_ends_the_other_and_a_rerun_resumes(tmp_path, monkeypatch, victim):
   """One of two processes killed mid-run (SIGKILL, once a checkpoint is saved): the other ends
   with JAX's "another task died" abort, within the heartbeat timeout where process 1 died
@@ -372,17 +373,29 @@ def _cli(*args, timeout=120):
   return proc.returncode, proc.stdout, proc.stderr
 
 
-def test_every_command_takes_the_flags(tmp_path):
+def _main(capsys, *args):
+  """`alignlab ARGS` in this process (the flags at --num-processes 1 start nothing); returns
+  (exit status, stdout, stderr)."""
+  from alignlab import cli
+  try:
+    rc = cli.main(list(args))
+  except SystemExit as e:  # --help
+    rc = e.code
+  out, err = capsys.readouterr()
+  return rc, out, err
+
+
+def test_every_command_takes_the_flags(tmp_path, capsys):
   one = ['--coordinator', '127.0.0.1:1', '--num-processes', '1', '--process-id', '0']
-  rc, out, err = _cli('list', *one)
+  rc, out, err = _main(capsys, 'list', *one)
   assert rc == 0 and 'exact_frontier' in out, err
   for command in (['run', 'x'], ['eval', 'x'], ['plot', 'x'], ['list']):
-    rc, out, _ = _cli(*command, '--help')
+    rc, out, _ = _main(capsys, *command, '--help')
     assert rc == 0 and '--coordinator' in out and '--process-id' in out, command
-  rc, _, err = _cli('list', '--coordinator', '127.0.0.1:1')  # the three go together
+  rc, _, err = _main(capsys, 'list', '--coordinator', '127.0.0.1:1')  # the three go together
   assert rc == 2 and err.count('\n') == 1 and '--num-processes' in err, err
-  rc, _, err = _cli('plot', str(tmp_path), '--coordinator', 'h:1', '--num-processes', '2',
-                    '--process-id', '2')
+  rc, _, err = _main(capsys, 'plot', str(tmp_path), '--coordinator', 'h:1', '--num-processes',
+                     '2', '--process-id', '2')
   assert rc == 2 and '--process-id 2 is not in [0, --num-processes 2)' in err, err
 
 
@@ -438,6 +451,23 @@ def test_a_mesh_that_does_not_fit_fails_before_anything_is_written(tmp_path):
   assert rc == 2 and err.count('\n') == 1, err
   assert 'mesh.data=3 × mesh.fsdp=2 × mesh.tensor=1 needs 6 devices, but 1 are available' in err
   assert not out.exists()
+
+
+def test_a_process_alive_after_its_work_prints_its_stacks():
+  """`watch_exit` (armed by the CLI when a command's work ends on one of several processes):
+  still alive after the wait, the process prints every thread's stack, so a hang at exit
+  (JAX's shutdown barrier waiting on a peer) names where it was; on one process nothing."""
+  code = ('import time; from alignlab import distributed as d; {patch}'
+          'd.watch_exit(0.5); time.sleep(1.5)')
+  several = subprocess.run([sys.executable, '-c', code.format(
+      patch='d.process_count = lambda: 2; ')], cwd=ROOT, capture_output=True, text=True,
+      timeout=120, env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(ROOT)})
+  assert several.returncode == 0 and 'Thread' in several.stderr
+  assert '<string>' in several.stderr, several.stderr  # the main thread's frame, in the sleep
+  one = subprocess.run([sys.executable, '-c', code.format(patch='')], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(ROOT)})
+  assert one.returncode == 0 and 'Thread' not in one.stderr, one.stderr
 
 
 # ----------------------------------------------------------------------------- one writer
