@@ -80,6 +80,13 @@ def method_style(method: str) -> tuple[str, str]:
   return _EXTRA_PALETTE[h % len(_EXTRA_PALETTE)], _EXTRA_MARKERS[(h // 7) % len(_EXTRA_MARKERS)]
 
 
+def _is_line_marker(marker: str) -> bool:
+  """'1'–'4', '+', 'x': drawn by lines alone, so no face to leave empty and no edge that
+  `lw=0` may drop (the points would vanish)."""
+  from matplotlib.markers import MarkerStyle
+  return not MarkerStyle(marker).is_filled()
+
+
 def method_color(method: str) -> str:
   return method_style(method)[0]
 
@@ -304,8 +311,10 @@ def _draw_paths(ax, ok: pd.DataFrame, x: str, y: str, *, xerr: str | None, yerr:
       if len(run) > 1:
         ax.plot(run[x], run[y], color=color, lw=0.8, alpha=0.55, zorder=2, gid=f'run:{method}')
       last = run.iloc[[-1]]
-      ax.scatter(last[x], last[y], s=48, facecolors='none', edgecolors=color, lw=0.9, zorder=3,
-                 marker=marker, gid=f'last:{method}')
+      ring = {'color': color} if _is_line_marker(marker) else {'facecolors': 'none',
+                                                                'edgecolors': color}
+      ax.scatter(last[x], last[y], s=48, lw=0.9, zorder=3, marker=marker, gid=f'last:{method}',
+                 **ring)
     xe = rows[xerr].to_numpy(np.float64) if xerr and xerr in rows else None
     ye = rows[yerr].to_numpy(np.float64) if yerr and yerr in rows else None
     xe = None if xe is None or not np.nan_to_num(xe).any() else np.nan_to_num(xe)
@@ -313,8 +322,8 @@ def _draw_paths(ax, ok: pd.DataFrame, x: str, y: str, *, xerr: str | None, yerr:
     if xe is not None or ye is not None:
       ax.errorbar(rows[x], rows[y], xerr=xe, yerr=ye, fmt='none', ecolor=color, elinewidth=0.7,
                   alpha=0.4, capsize=0, zorder=2, gid=f'errorbar:{method}')
-    ax.scatter(rows[x], rows[y], s=16, color=color, marker=marker, alpha=0.8, lw=0, zorder=3,
-               gid=f'points:{method}')
+    ax.scatter(rows[x], rows[y], s=16, color=color, marker=marker, alpha=0.8, zorder=3,
+               lw=0.9 if _is_line_marker(marker) else 0, gid=f'points:{method}')
     if envelope:
       ex, ey = upper_envelope(rows[x], rows[y])
       ax.plot(ex, ey, color=color, lw=2.2, alpha=0.95, drawstyle='steps-post', zorder=4,

@@ -251,3 +251,20 @@ def test_the_legend_names_only_the_values_of_runs_that_did_not_fail():
   df = results(['dpo'], values=(0.1, 1.0), failed={('dpo', 1.0, 0)})
   texts = [t.get_text() for t in frontier_axes(df).get_legend().get_texts()]
   assert 'dpo  β=0.1' in texts and '  dpo β=1 seed 0' in texts, texts
+
+
+def test_every_methods_points_are_visible():
+  """A marker drawn by lines alone ('1'–'4', '+': ppo_fixed, rloo_rm, the GRPO KL variants)
+  shows only through its edge: each scatter of every method must paint something, a face
+  (filled markers) or a stroke of non-zero width."""
+  from matplotlib.markers import MarkerStyle
+  ax = frontier_axes(results(list(plots.KNOWN_METHODS)))
+  for method in plots.KNOWN_METHODS:
+    filled = MarkerStyle(plots.method_marker(method)).is_filled()
+    for gid in (f'points:{method}', f'last:{method}'):
+      drawn = artists(ax, gid)
+      assert drawn, (method, gid)
+      for scatter in drawn:
+        face, edge = scatter.get_facecolor(), scatter.get_edgecolor()
+        stroke = max(scatter.get_linewidths(), default=0) > 0 and len(edge) and edge[:, 3].max() > 0
+        assert stroke or (filled and len(face) and face[:, 3].max() > 0), (method, gid)
