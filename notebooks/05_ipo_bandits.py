@@ -26,6 +26,7 @@
 # %% tags=["parameters"]
 VARIANT = 'quick'
 OUT_DIR = None  # default: $ALIGNLAB_RUNS/bandit-<VARIANT> ($ALIGNLAB_RUNS: ./runs)
+FIGURE = None  # a path: the figure is also saved there (the README's is made this way)
 
 # %%
 from pathlib import Path
@@ -65,12 +66,15 @@ for row, method in enumerate(('dpo', 'ipo')):
     ax.set_title(f'{method}, τ = β = {tau:g} ({runs["seed"].nunique()} seeds)',
                  color=plots.method_color(method))
     ax.set_xlabel('step')
+    ax.locator_params(axis='x', nbins=4)  # 18,000-step labels would run into each other
     ax.set_ylim(-0.02, 1.02)
 axes[0][0].set_ylabel('probability')
 axes[1][0].set_ylabel('probability')
 axes[0][0].legend(fontsize=8)
 fig.suptitle(f'{cfg.task.dataset}: DPO vs IPO; dashed: IPO\'s closed-form optimum')
 fig.tight_layout()
+if FIGURE:
+  fig.savefig(FIGURE, dpi=120)
 
 # %% [markdown]
 # The last evaluation of each run against IPO's closed form (max |Δπ| over the actions):

@@ -31,6 +31,7 @@
 # %% tags=["parameters"]
 VARIANT = 'quick'
 OUT_DIR = None  # default: $ALIGNLAB_RUNS/exact_kl_estimators-<VARIANT> ($ALIGNLAB_RUNS: ./runs)
+FIGURE = None  # a path: the figure is also saved there (the README's is made this way)
 
 # %%
 from pathlib import Path
@@ -80,7 +81,9 @@ for ax in axes[:3]:
   ax.set_xlabel('KL(π_θ‖π_ref) of the policy (nats)')
 axes[0].legend(fontsize=7)
 
-last = plots.final_points(df[df['method'] != 'sft'])
+# The runs at the study's β (the paper variant sweeps more; their gaps are of other J_β).
+at_beta = (df['hparam'] == 'beta') & np.isclose(df['hparam_value'], beta)
+last = plots.final_points(df[(df['method'] != 'sft') & at_beta])
 gaps = (last.groupby('method')[['gap_fraction', 'kl']].agg(['mean', 'std', 'count'])
         .reindex([m for m in cfg.methods if m in set(last['method'])]))
 x = np.arange(len(gaps))
@@ -94,6 +97,8 @@ axes[3].set_ylabel(f'final gap fraction at β = {beta:g} (mean ± std over seeds
 axes[3].set_title(f'KL(π*‖π_ref) = {kl_opt:.2f}', fontsize=9)
 fig.suptitle(f'exact_kl_estimators, {VARIANT}: {study.draws} draws per policy')
 fig.tight_layout()
+if FIGURE:
+  fig.savefig(FIGURE, dpi=120)
 
 # %% [markdown]
 # The numbers behind the figure: the gradient study (one row per policy, sampling and

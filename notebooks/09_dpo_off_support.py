@@ -28,6 +28,7 @@
 # %% tags=["parameters"]
 VARIANT = 'tiny'
 OUT_DIR = None  # default: $ALIGNLAB_RUNS/exact_off_support-<VARIANT> ($ALIGNLAB_RUNS: ./runs)
+FIGURE = None  # a path: the figure is also saved there (the README's is made this way)
 
 # %%
 from pathlib import Path
@@ -91,15 +92,17 @@ bx.bar(x + 0.2, final['optimal_off_support_mass'], 0.4, color='none', edgecolor=
        hatch='//', label='π*_β off the support')
 for i, row in final.iterrows():
   bx.text(x[i], max(row['off_support_mass'], row['optimal_off_support_mass']) + 0.02,
-          f'gap {row["gap_fraction"]:.2f}', ha='center', fontsize=7)
+          f'gap {row["gap_fraction"]:.2f}', ha='center', va='bottom', rotation=90, fontsize=7)
 bx.axhline(ref['off_support_mass'], color='grey', lw=0.8, ls='--')
-bx.set_ylim(0, final[['off_support_mass', 'optimal_off_support_mass']].to_numpy().max() + 0.1)
+bx.set_ylim(0, final[['off_support_mass', 'optimal_off_support_mass']].to_numpy().max() + 0.22)
 bx.set_xticks(x, [label(m, v) for m, v in zip(final['method'], final['hparam_value'])],
               rotation=30, ha='right', fontsize=8)
 bx.set_ylabel('probability off the support (last point)')
 bx.set_title('last point: off-support mass, and the gap fraction at β')
-bx.legend(fontsize=7)
+bx.legend(fontsize=7, loc='upper left', ncol=2)  # above the bars' labels
 fig.tight_layout()
+if FIGURE:
+  fig.savefig(FIGURE, dpi=120)
 
 # %% [markdown]
 # The last point of each method (means over seeds; `gap_fraction` at the method's β, PPO with
