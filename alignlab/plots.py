@@ -38,6 +38,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.markers import MarkerStyle
 from matplotlib.patches import Patch
 
 
@@ -83,7 +84,6 @@ def method_style(method: str) -> tuple[str, str]:
 def _is_line_marker(marker: str) -> bool:
   """'1'–'4', '+', 'x': drawn by lines alone, so no face to leave empty and no edge that
   `lw=0` may drop (the points would vanish)."""
-  from matplotlib.markers import MarkerStyle
   return not MarkerStyle(marker).is_filled()
 
 

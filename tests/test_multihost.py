@@ -457,16 +457,15 @@ def test_a_process_alive_after_its_work_prints_its_stacks():
   """`watch_exit` (armed by the CLI when a command's work ends on one of several processes):
   still alive after the wait, the process prints every thread's stack, so a hang at exit
   (JAX's shutdown barrier waiting on a peer) names where it was; on one process nothing."""
-  code = ('import time; from alignlab import distributed as d; {patch}'
-          'd.watch_exit(0.5); time.sleep(1.5)')
-  several = subprocess.run([sys.executable, '-c', code.format(
-      patch='d.process_count = lambda: 2; ')], cwd=ROOT, capture_output=True, text=True,
-      timeout=120, env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(ROOT)})
+  def python(patch: str):
+    code = f'import time; from alignlab import distributed as d; {patch}d.watch_exit(0.5); time.sleep(1.5)'
+    return subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, 'JAX_PLATFORMS': 'cpu',
+                                            'PYTHONPATH': str(ROOT)})
+  several = python('d.process_count = lambda: 2; ')
   assert several.returncode == 0 and 'Thread' in several.stderr
   assert '<string>' in several.stderr, several.stderr  # the main thread's frame, in the sleep
-  one = subprocess.run([sys.executable, '-c', code.format(patch='')], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120,
-                       env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(ROOT)})
+  one = python('')
   assert one.returncode == 0 and 'Thread' not in one.stderr, one.stderr
 
 
