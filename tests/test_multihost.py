@@ -458,7 +458,8 @@ def test_a_process_alive_after_its_work_prints_its_stacks():
   still alive after the wait, the process prints every thread's stack, so a hang at exit
   (JAX's shutdown barrier waiting on a peer) names where it was; on one process nothing."""
   def python(patch: str):
-    code = f'import time; from alignlab import distributed as d; {patch}d.watch_exit(0.5); time.sleep(1.5)'
+    code = (f'import time; from alignlab import distributed as d; {patch}'
+            'd.watch_exit(0.5); time.sleep(1.5)')
     return subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, env={**os.environ, 'JAX_PLATFORMS': 'cpu',
                                             'PYTHONPATH': str(ROOT)})
