@@ -11,6 +11,13 @@ and the differing config keys, not a shape crash deep inside orbax.
 Several processes (`distributed.py`): every process makes the same Checkpointer and calls
 `save` / `restore` at the same steps; orbax's multi-host path writes each process's shards
 and lets process 0 commit the step, so the directory must be on a file system they share.
+Orbax's background save threads meet the other processes at coordination-service barriers
+named by the step ("async_commit_complete.12"); several Checkpointers saving the same step
+at once (one per run of a fit loop) would all wait at that one name, and the service
+refuses a second waiter from the same process ("Barrier ... is already ongoing"): a save
+fails or hangs. So each Checkpointer prefixes its barriers with its own number
+(orbax's `barrier_sync_key_prefix`), counted in the order Checkpointers are made, which is
+the same on every process because every process runs the same program.
 
 Interrupts: use the Checkpointer as a context manager, so it is closed on every path.
 
@@ -30,6 +37,7 @@ when the interpreter exits, before the thread pools its background save needs sh
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import signal
@@ -178,6 +186,9 @@ def _abort_unclosed() -> None:
 threading._register_atexit(_abort_unclosed)  # noqa: SLF001
 
 
+_made = itertools.count()  # Checkpointers made by this process: each one's barrier prefix
+
+
 class Checkpointer:
   """Saves every `save_every` steps (and on `force=True`), keeps the newest `max_to_keep`."""
 
@@ -188,8 +199,10 @@ class Checkpointer:
     self._closed = False
     self.manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                             save_interval_steps=save_every),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, save_interval_steps=save_every,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix=f'alignlab.checkpointer{next(_made)}')),
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'config': ocp.JsonCheckpointHandler()})
     _unclosed.add(self)

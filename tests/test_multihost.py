@@ -363,6 +363,50 @@ def test_two_processes_refuse_a_bad_mesh_and_different_configs(tmp_path):
   assert time.perf_counter() - t0 < 240
 
 
+# One process of the check below: several Checkpointers (one per run of a fit loop) saving
+# the same steps at once, as `fit.loop` does, then waiting for all of them.
+_CHECKPOINTS = '''
+import sys
+from pathlib import Path
+from alignlab import distributed
+distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+import numpy as np, jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+from alignlab.checkpoint import Checkpointer
+mesh = jax.make_mesh((8,), ('data',))
+state = {'w': distributed.put(np.arange(64, dtype=np.float32).reshape(8, 8),
+                              NamedSharding(mesh, P('data')))}
+ckpts = [Checkpointer(Path(sys.argv[3]) / f'run{r}', {'r': r}) for r in range(4)]
+for step in (1, 2, 3):
+  for c in ckpts:
+    c.save(step, state, force=True)
+for c in ckpts:
+  c.close()
+print('saved', [c.all_steps() for c in ckpts])
+'''
+
+
+def test_two_processes_save_several_checkpoints_at_once(tmp_path):
+  """Orbax's save threads meet the other process at barriers named by the step: without a
+  prefix of its own per Checkpointer, four saving step 1 at once wait at one name, and the
+  coordination service refuses the second ("Barrier ... is already ongoing"; the save fails
+  and the processes hang). This hung the split-run-axis frontier (two DPO runs) 2 times in
+  about 12."""
+  port = _free_port()
+  procs = [subprocess.Popen([sys.executable, '-c', _CHECKPOINTS, f'127.0.0.1:{port}', str(i),
+                             str(tmp_path)], env=_env(tmp_path / 'cache', 4), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  try:
+    done = [p.communicate(timeout=90) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, (out, err) in zip(procs, done):
+    assert p.returncode == 0 and 'saved [[2, 3], [2, 3], [2, 3], [2, 3]]' in out, err[-3000:]
+
+
 # ----------------------------------------------------------------------------- start-up
 
 
