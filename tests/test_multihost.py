@@ -143,8 +143,13 @@ def _one_and_two(command, tmp_path: Path, timeout: int):
   t0 = time.perf_counter()
   outputs = _two(lambda i: command + ['--out', str(two)], tmp_path / 'cache2', timeout=timeout)
   # On a failure show both processes: the one that aborts first is often not the one at fault.
+  # The tails only: the whole of each stderr (where an early error hides) is kept beside.
+  if not all(rc == 0 for rc, _, _ in outputs):
+    for i, (_, _, err) in enumerate(outputs):
+      (tmp_path / f'process{i}.stderr').write_text(err)
   assert all(rc == 0 for rc, _, _ in outputs), '\n'.join(
-      f'--- process {i} (exit {rc}):\n{err[-2500:]}' for i, (rc, _, err) in enumerate(outputs))
+      f'--- process {i} (exit {rc}; all of it in {tmp_path}/process{i}.stderr):\n'
+      f'{err[-2500:]}' for i, (rc, _, err) in enumerate(outputs))
   print(f'1 process × 8 devices: {t_one:.0f} s; 2 processes × 4 devices: '
         f'{time.perf_counter() - t0:.0f} s')
   return one, two, outputs
