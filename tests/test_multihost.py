@@ -2,7 +2,8 @@
 
 The end-to-end check: two local CPU processes of 4 fake devices each, coordinated on
 localhost, run the tiny exact frontier; their out dir equals one process's with 8 fake
-devices (the same files, one copy each; results.csv within 1e-4; the same training losses).
+devices (the same files, one copy each; results.csv within 1e-4; the same training losses
+and final parameters).
 Twice: on the default mesh (data parallel, one DPO run: every output replicated), and with
 two DPO runs on `mesh.data=2 mesh.fsdp=4`, where the run axis is split between the processes
 (each holds one run's state; metrics are gathered across them) and the parameters over FSDP.
@@ -115,6 +116,7 @@ def test_two_processes_equal_one(tmp_path, mesh):
   assert list(losses_one) == list(losses_two) == trained
   for run in trained:
     np.testing.assert_allclose(losses_two[run], losses_one[run], rtol=1e-5, atol=1e-6)
+    _states_equal(one, two, run)  # split runs: each from the process that held its state
   # The shared stages too: the cache entries hold the same files.
   assert _files(tmp_path / 'cache2') == _files(tmp_path / 'cache1')
 
@@ -128,6 +130,38 @@ def test_two_processes_equal_one(tmp_path, mesh):
     rows = ~at_reference if c in NOISE_AT_REFERENCE else np.ones(len(a), bool)
     np.testing.assert_allclose(b[c][rows], a[c][rows], rtol=0, atol=1e-4, err_msg=c)
   assert at_reference.sum() == len(trained)  # DPO's step 0: the only rows left out of those
+
+
+def _final_state(run_dir: Path) -> dict:
+  """{path: numpy array} of a run's last checkpoint (every leaf of its training state)."""
+  import jax
+  import orbax.checkpoint as ocp
+  step = max(int(p.name) for p in (run_dir / 'checkpoints').iterdir() if p.name.isdigit())
+  path = run_dir / 'checkpoints' / str(step) / 'state'
+  ckpt = ocp.PyTreeCheckpointer()
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                          ckpt.metadata(path).item_metadata)
+  leaves = jax.tree_util.tree_flatten_with_path(ckpt.restore(path, restore_args=as_numpy))[0]
+  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
+
+
+def _states_equal(one: Path, two: Path, run: str) -> None:
+  """The run's final parameters and optimizer state on two processes equal one's (1e-5).
+
+  But the attention's key bias (b_qkv[1]): softmax is invariant to it (it adds q·b_k to every
+  logit of a row), so its gradient is 0 up to rounding (~1e-12 here), and Adam's update,
+  m / √v, turns that noise into steps of the learning rate's size whose sign depends on the
+  reduction order (1e-5 apart after 12 steps, against ≤ 5e-7 for every other parameter)."""
+  a, b = _final_state(one / run), _final_state(two / run)
+  assert sorted(a) == sorted(b)
+  for k in a:
+    x, y = a[k], b[k]
+    if k.endswith("['b_qkv']") and k.startswith("['params']"):
+      x, y = x[[0, 2]], y[[0, 2]]
+    if x.dtype.kind == 'f':
+      np.testing.assert_allclose(y, x, rtol=0, atol=1e-5, err_msg=f'{run} {k}')
+    else:
+      np.testing.assert_array_equal(y, x, err_msg=f'{run} {k}')
 
 
 def _one_and_two(command, tmp_path: Path, timeout: int):
@@ -281,7 +315,8 @@ def test_two_processes_run_dpo_and_ppo_as_one_does(tmp_path):
   RLOO and the sampled evaluation): the tiny exact frontier with a DPO fit, a PPO run (reward
   model, value model, adaptive KL) and Best-of-N, on two processes of 4 devices, writes the
   out dir one process of 8 writes: the same files once each, the same losses and PPO metrics
-  (1e-5), the same results.csv (1e-5), and only process 0 speaks."""
+  (1e-5), the same final parameters and optimizer states (1e-5), the same results.csv (1e-5),
+  and only process 0 speaks."""
   one, two, outputs = _one_and_two(CI_COMMAND, tmp_path, timeout=600)
   for marker in ('best point per method', 'verdict:', 'plot: ', 'evaluation points from'):
     assert marker in outputs[0][1] and marker not in outputs[1][1], marker
@@ -291,6 +326,8 @@ def test_two_processes_run_dpo_and_ppo_as_one_does(tmp_path):
   np.testing.assert_allclose(_losses(two)['dpo-beta1-seed0'], _losses(one)['dpo-beta1-seed0'],
                              rtol=1e-5, atol=1e-6)
   _metrics_equal(one, two, 'ppo-kl_target1-seed0')
+  for run in ('dpo-beta1-seed0', 'ppo-kl_target1-seed0'):
+    _states_equal(one, two, run)
   a, b = pd.read_csv(one / 'results.csv'), pd.read_csv(two / 'results.csv')
   assert list(a.columns) == list(b.columns) and a[['method', 'step']].equals(b[['method', 'step']])
   at_reference = (a['step'] == 0).to_numpy() & (a['method'] != 'best_of_n').to_numpy()
