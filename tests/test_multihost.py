@@ -145,23 +145,42 @@ def _final_state(run_dir: Path) -> dict:
   return {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
 
 
-def _states_equal(one: Path, two: Path, run: str) -> None:
-  """The run's final parameters and optimizer state on two processes equal one's (1e-5).
+def _identified(state: dict) -> dict:
+  """`state` ({path: array}) with the parameters that no loss here determines replaced by what
+  the model computes from them. Where a loss is invariant along a direction its gradient
+  there is 0 up to rounding (~1e-12), and Adam's m / √v turns that noise into steps of the
+  learning rate's size whose sign depends on the reduction order: one process and two drift
+  apart there (1e-5 to 3e-3 after a few steps, against ≤ 5e-7 elsewhere) and nowhere else.
+  - The attention's key bias (`b_qkv[1]`): it adds q·b_k to every logit of a row, which
+    softmax ignores. Dropped.
+  - A scalar head's offset: the Bradley–Terry loss of the reward model (whose parameters
+    start the value model) is invariant to a constant added to the score, which `b_head`,
+    `bias` and the final norm's bias (through `w_head`) each add. Replaced by the one offset
+    they make, gain · (b_head + w_head · norm_bias) + bias."""
+  out = {}
+  for k, v in state.items():
+    out[k] = v[[0, 2]] if k.endswith("['b_qkv']") and 'opt' not in k else v
+  for k in [k for k in state if k.endswith("['b_head']") and 'opt' not in k]:
+    head = k[:-len("['b_head']")]
+    norm_bias = f"{head}['backbone']['norm_final']['bias']"
+    g, b, bh, w, nb = (out.pop(f"{head}['{n}']") if n != 'nb' else out.pop(norm_bias)
+                       for n in ('gain', 'bias', 'b_head', 'w_head', 'nb'))
+    out[f"{head}['offset']"] = g * (bh + w.ravel() @ nb.ravel()) + b
+    out[f"{head}['w_head']"], out[f"{head}['gain']"] = w, g
+  return out
 
-  But the attention's key bias (b_qkv[1]): softmax is invariant to it (it adds q·b_k to every
-  logit of a row), so its gradient is 0 up to rounding (~1e-12 here), and Adam's update,
-  m / √v, turns that noise into steps of the learning rate's size whose sign depends on the
-  reduction order (1e-5 apart after 12 steps, against ≤ 5e-7 for every other parameter)."""
-  a, b = _final_state(one / run), _final_state(two / run)
+
+def _states_equal(one: Path, two: Path, run: str) -> None:
+  """The run's final training state (parameters, optimizer moments, counts, key) on two
+  processes equals one's: 1e-5, integers exactly; the parameters no loss determines compared
+  through what they compute (`_identified`)."""
+  a, b = (_identified(_final_state(d / run)) for d in (one, two))
   assert sorted(a) == sorted(b)
   for k in a:
-    x, y = a[k], b[k]
-    if k.endswith("['b_qkv']") and k.startswith("['params']"):
-      x, y = x[[0, 2]], y[[0, 2]]
-    if x.dtype.kind == 'f':
-      np.testing.assert_allclose(y, x, rtol=0, atol=1e-5, err_msg=f'{run} {k}')
+    if a[k].dtype.kind == 'f':
+      np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5, err_msg=f'{run} {k}')
     else:
-      np.testing.assert_array_equal(y, x, err_msg=f'{run} {k}')
+      np.testing.assert_array_equal(b[k], a[k], err_msg=f'{run} {k}')
 
 
 def _one_and_two(command, tmp_path: Path, timeout: int):
