@@ -316,9 +316,20 @@ class Transformer(nnx.Module):
     # S is the key length: T without a cache, the cache length with one; positions are < S.
     check_length(mask_BxTxS.shape[-1], self.cfg)
     dtype = jnp.dtype(self.cfg.dtype)
-    x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dtype)
+    # The tables lie split over D ('fsdp'), the tokens over rows. Looked up as they lie, the
+    # lookup's gradient (a scatter-add of row-split cotangents into a D-split table) has no
+    # efficient resharding, and XLA replicates the whole B×T×D cotangent instead ("Involuntary
+    # full rematerialization"). Gathered over D first, as FSDP gathers every weight before
+    # use, the tied table is the one the unembedding gathers anyway, and the position table
+    # is smaller than the activations (T×D). An untied token table keeps its layout: its
+    # gather (V×D) is not always the cheaper one.
+    embed_VxD = self.embed[...]
+    if self.cfg.tie_embeddings:
+      embed_VxD = constrain(embed_VxD, ('tensor', None))
+    x_BxTxD = jnp.take(embed_VxD, tokens_BxT, axis=0).astype(dtype)
     if self.cfg.positions == 'learned':
-      x_BxTxD = x_BxTxD + jnp.take(self.pos_embed[...], positions_BxT, axis=0).astype(dtype)
+      x_BxTxD = x_BxTxD + jnp.take(constrain(self.pos_embed[...], (None, None)), positions_BxT,
+                                   axis=0).astype(dtype)
     x_BxTxD = constrain(x_BxTxD, ('batch', None, None))
     if self.cfg.scan_layers and tokens_BxT.shape[1] > 1:
       x_BxTxD, new_cache = self._scan_blocks(x_BxTxD, positions_BxT, mask_BxTxS, cache, cache_index)
