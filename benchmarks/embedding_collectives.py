@@ -9,7 +9,7 @@ machine, and on fake CPU devices seconds would not mean what they mean on a GPU 
 
 Each layout compiles in its own subprocess (8 fake CPU devices), for tied and untied token
 tables (an untied token table is looked up as it lies in both: only its position table
-differs). "before" drops the table constraints of `Backbone.__call__` and nothing else.
+differs). "before" drops the table constraints of `Transformer.__call__` and nothing else.
 """
 
 from __future__ import annotations

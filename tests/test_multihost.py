@@ -106,7 +106,7 @@ def test_two_processes_equal_one(tmp_path, mesh):
   # The same run dir: the same files, one copy each (no second writer appended its lines).
   assert _files(two) == _files(one)
   # FSDP without a step XLA can only partition by replicating a tensor whole (the embedding's
-  # gradient did, before the tables were gathered over D: model.py, Backbone.__call__).
+  # gradient did, before the tables were gathered over D: model.py, Transformer.__call__).
   for _, _, err in outputs:
     assert 'Involuntary full rematerialization' not in err
   trained = sorted(p.parent.name for p in one.glob('dpo-*/done.json'))
@@ -166,11 +166,10 @@ def _identified(state: dict) -> dict:
     out[k] = v[[0, 2]] if k.endswith("['b_qkv']") and 'opt' not in k else v
   for k in [k for k in state if k.endswith("['b_head']") and 'opt' not in k]:
     head = k[:-len("['b_head']")]
-    norm_bias = f"{head}['backbone']['norm_final']['bias']"
-    g, b, bh, w, nb = (out.pop(f"{head}['{n}']") if n != 'nb' else out.pop(norm_bias)
-                       for n in ('gain', 'bias', 'b_head', 'w_head', 'nb'))
-    out[f"{head}['offset']"] = g * (bh + w.ravel() @ nb.ravel()) + b
-    out[f"{head}['w_head']"], out[f"{head}['gain']"] = w, g
+    gain, w_head = out[f"{head}['gain']"], out[f"{head}['w_head']"]
+    b_head, bias = out.pop(k), out.pop(f"{head}['bias']")
+    norm_bias = out.pop(f"{head}['backbone']['norm_final']['bias']", np.zeros(w_head.size))
+    out[f"{head}['offset']"] = gain * (b_head + w_head.ravel() @ norm_bias.ravel()) + bias
   return out
 
 
