@@ -216,8 +216,14 @@ def _two(args_of, cache: Path, timeout=300):
   returns [(returncode, stdout, stderr)] once both have ended (or kills them at `timeout`)."""
   port = _free_port()
   env = _env(cache, 4)
-  procs = [_alignlab([*args_of(i), '--coordinator', f'127.0.0.1:{port}', '--num-processes',
-                      '2', '--process-id', str(i)], env) for i in range(2)]
+  return _wait_all([_alignlab([*args_of(i), '--coordinator', f'127.0.0.1:{port}',
+                               '--num-processes', '2', '--process-id', str(i)], env)
+                    for i in range(2)], timeout)
+
+
+def _wait_all(procs, timeout) -> list[tuple[int, str, str]]:
+  """[(returncode, stdout, stderr)] of `procs` once all have ended; a process still running
+  when this returns or raises (a timeout) is killed, so no test leaves one behind."""
   results = []
   try:
     for p in procs:
@@ -282,15 +288,8 @@ def test_online_methods_and_sampled_evaluation_on_two_processes_equal_one(tmp_pa
   _, err = proc.communicate(timeout=900)
   assert proc.returncode == 0, err[-3000:]
   port = _free_port()
-  procs = [_worker(two, 4, f'127.0.0.1:{port}', i) for i in range(2)]
-  try:
-    for p in procs:
-      _, err = p.communicate(timeout=900)
-      assert p.returncode == 0, err[-3000:]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
+  for rc, _, err in _wait_all([_worker(two, 4, f'127.0.0.1:{port}', i) for i in range(2)], 900):
+    assert rc == 0, err[-3000:]
   reference = json.loads((one / 'report-0.json').read_text())
   for i in range(2):
     _numbers_equal(reference, json.loads((two / f'report-{i}.json').read_text()))
@@ -461,14 +460,8 @@ def test_two_processes_save_several_checkpoints_at_once(tmp_path):
                              str(tmp_path)], env=_env(tmp_path / 'cache', 4), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in range(2)]
-  try:
-    done = [p.communicate(timeout=90) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  for p, (out, err) in zip(procs, done):
-    assert p.returncode == 0 and 'saved [[2, 3], [2, 3], [2, 3], [2, 3]]' in out, err[-3000:]
+  for rc, out, err in _wait_all(procs, 90):
+    assert rc == 0 and 'saved [[2, 3], [2, 3], [2, 3], [2, 3]]' in out, err[-3000:]
 
 
 # ----------------------------------------------------------------------------- start-up
